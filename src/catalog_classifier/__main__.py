@@ -1,0 +1,3 @@
+from catalog_classifier.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,128 @@
+"""``catalog-classifier``: one command, one subcommand per pipeline stage or action.
+
+Entry points only parse arguments, configure logging, load params and call one library function; expected
+errors (bad params, bad catalogue, unreachable tracking server) print one clear line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from catalog_classifier.catalogue import CatalogueError
+from catalog_classifier.config import PARAMS_FILE, ParamsError
+from catalog_classifier.images import ImageLoadError
+from catalog_classifier.tracking import TrackingUnavailable
+
+EXPECTED_ERRORS = (ParamsError, CatalogueError, TrackingUnavailable, ImageLoadError, FileNotFoundError)
+EXIT_USAGE = 2
+
+
+def _project(args: argparse.Namespace) -> Any:
+    from catalog_classifier.layout import Project
+
+    overrides = dict(item.split("=", 1) for item in args.set or [])
+    return Project.load(args.params, overrides)
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from catalog_classifier.stages.split import run_split
+
+    run_split(_project(args))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from catalog_classifier.stages.train import run_train
+
+    run_train(_project(args), args.model)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from catalog_classifier.stages.evaluate import run_evaluate
+
+    run_evaluate(_project(args), args.model)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from catalog_classifier.stages.compare import run_compare
+
+    run_compare(_project(args))
+    return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from catalog_classifier.catalogue import read_catalogue
+    from catalog_classifier.quality import audit_catalogue, format_report
+
+    project = _project(args)
+    folder = Path(args.path)
+    catalogue_path = Path(args.catalogue) if args.catalogue else folder / project.params.data.catalogue.name
+    images_dir = Path(args.images) if args.images else folder / project.params.data.images_dir.name
+    catalogue = read_catalogue(catalogue_path, project.params.data.classes)
+    print(format_report(audit_catalogue(catalogue, images_dir, project.params.data.classes).report))
+    return 0
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default=PARAMS_FILE, help="parameters file (default: %(default)s)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a parameter, e.g. --set train.max_epochs=2 (repeatable)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="catalog-classifier", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        _add_common(sub)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add("split", cmd_split, "audit the catalogue and write stratified train/val/test manifests")
+    add("train", cmd_train, "train one model (early stopping) and record the run in MLflow").add_argument(
+        "--model", required=True, help="timm model name, one of params.models")
+    add("evaluate", cmd_evaluate, "score one trained model on validation and test").add_argument(
+        "--model", required=True, help="timm model name, one of params.models")
+    add("compare", cmd_compare, "side-by-side comparison of all models (Markdown + JSON)")
+    check = add("check-data", cmd_check_data, "print the data-quality report for any data folder")
+    check.add_argument("path", help="data folder holding the catalogue CSV and the images folder")
+    check.add_argument("--catalogue", help="catalogue CSV (default: <path>/<name of data.catalogue>)")
+    check.add_argument("--images", help="images folder (default: <path>/<name of data.images_dir>)")
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("urllib3", "matplotlib", "PIL", "filelock", "alembic", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _terminate_as_interrupt(signum: int, frame: Any) -> None:
+    # DVC and Prefect stop stages with SIGTERM; raising lets MLflow mark the run KILLED and temp files go.
+    raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    try:
+        return args.handler(args)
+    except EXPECTED_ERRORS as err:
+        print(f"catalog-classifier {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

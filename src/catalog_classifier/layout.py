@@ -1,0 +1,58 @@
+"""Where each stage's files live, derived from params only (dvc.yaml templates the same keys)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from catalog_classifier.config import PARAMS_FILE, Params, load_params
+
+
+@dataclass(frozen=True)
+class Project:
+    """A project root and its validated params; every path is resolved against the root."""
+
+    root: Path
+    params: Params
+
+    @classmethod
+    def load(cls, params_file: Path | str = PARAMS_FILE, overrides: dict | None = None) -> Project:
+        params_path = Path(params_file).resolve()
+        return cls(root=params_path.parent, params=load_params(params_path, overrides))
+
+    def path(self, relative: Path | str) -> Path:
+        relative = Path(relative)
+        return relative if relative.is_absolute() else self.root / relative
+
+    # split
+    def split_dir(self) -> Path:
+        return self.path(self.params.split.out_dir)
+
+    def manifest(self, split: str) -> Path:
+        return self.split_dir() / f"{split}.csv"
+
+    def quality_report(self) -> Path:
+        return self.split_dir() / "quality.json"
+
+    # train
+    def model_dir(self, model: str) -> Path:
+        return self.path(self.params.train.out_dir) / model
+
+    def weights(self, model: str) -> Path:
+        return self.model_dir(model) / "model.pt"
+
+    def history(self, model: str) -> Path:
+        return self.path(self.params.train.history_dir) / f"{model}.csv"
+
+    def train_metrics(self, model: str) -> Path:
+        return self.model_dir(model) / "train_metrics.json"
+
+    def run_record(self, model: str) -> Path:
+        return self.model_dir(model) / "run.json"
+
+    # evaluate
+    def eval_dir(self, model: str) -> Path:
+        return self.path(self.params.evaluate.out_dir) / model
+
+    def eval_metrics(self, model: str) -> Path:
+        return self.eval_dir(model) / "metrics.json"

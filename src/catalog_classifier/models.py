@@ -1,0 +1,169 @@
+"""Model factory: a timm backbone with its own preprocessing, and honest records of which weights it got."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import timm
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Preprocessing a model expects (from timm's pretrained config): it differs per architecture."""
+
+    input_size: tuple[int, int]  # (height, width)
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> DataConfig:
+        return cls(
+            input_size=tuple(payload["input_size"]),
+            interpolation=payload["interpolation"],
+            mean=tuple(payload["mean"]),
+            std=tuple(payload["std"]),
+        )
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What initialised the backbone: ``used`` is ``imagenet`` or ``random``; ``source`` says from where/why."""
+
+    requested: str
+    used: str
+    source: str
+
+
+class Classifier(nn.Module):
+    """timm backbone with normalisation inside, so it takes RGB floats in [0, 1] and nothing can mismatch."""
+
+    def __init__(self, backbone: nn.Module, data_config: DataConfig) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.data_config = data_config
+        self.register_buffer("mean", torch.tensor(data_config.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(data_config.std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone((images - self.mean) / self.std)
+
+
+def resolve_data_config(backbone: nn.Module, image_size: int | None = None) -> DataConfig:
+    config = timm.data.resolve_model_data_config(backbone)
+    _, height, width = config["input_size"]
+    if image_size is not None:
+        height = width = image_size
+    return DataConfig(
+        input_size=(int(height), int(width)),
+        interpolation=str(config.get("interpolation", "bicubic")),
+        mean=tuple(float(v) for v in config["mean"]),
+        std=tuple(float(v) for v in config["std"]),
+    )
+
+
+def hub_reachable() -> bool:
+    """Quick probe so an offline machine falls back in seconds instead of a minute of hub retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return True  # offline mode reads the local cache and fails fast by itself
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=HUB_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _create_backbone(
+    name: str, num_classes: int, weights: str, weights_file: Path | None, allow_fallback: bool
+) -> tuple[nn.Module, WeightsInfo]:
+    if weights == "none":
+        return timm.create_model(name, pretrained=False, num_classes=num_classes), WeightsInfo(
+            "none", "random", "random initialisation (weights: none)"
+        )
+    if weights_file is not None:
+        if not Path(weights_file).is_file():
+            raise FileNotFoundError(f"train.weights_files.{name}: weights file not found: {weights_file}")
+        model = timm.create_model(
+            name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay={"file": str(weights_file)}
+        )
+        return model, WeightsInfo("imagenet", "imagenet", f"file:{weights_file}")
+    reason = "model hub unreachable (offline)"
+    if hub_reachable():
+        try:
+            model = timm.create_model(name, pretrained=True, num_classes=num_classes)
+            hub_id = model.pretrained_cfg.get("hf_hub_id") or model.pretrained_cfg.get("url") or name
+            return model, WeightsInfo("imagenet", "imagenet", f"hub:{hub_id}")
+        except Exception as err:  # noqa: BLE001 - any hub/network failure leads to the same, recorded fallback
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+    if not allow_fallback:
+        raise RuntimeError(
+            f"ImageNet weights for {name} are unavailable ({reason}) and train.allow_random_fallback is false; "
+            f"set train.weights_files.{name} to a local weights file or allow the fallback"
+        )
+    banner = "!" * 78
+    log.warning(
+        "\n%s\n!! ImageNet weights for %s are unavailable: %s\n!! TRAINING FROM RANDOM INITIALISATION "
+        "(train.allow_random_fallback=true). Scores will be far below transfer learning.\n%s",
+        banner, name, reason, banner,
+    )
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    return model, WeightsInfo("imagenet", "random", f"fallback: {reason}")
+
+
+def create_classifier(
+    name: str,
+    num_classes: int,
+    *,
+    weights: str = "none",
+    weights_file: Path | None = None,
+    allow_fallback: bool = True,
+    image_size: int | None = None,
+) -> tuple[Classifier, WeightsInfo]:
+    """Build a classifier for ``num_classes`` from a timm model name, with the weights asked for."""
+    backbone, info = _create_backbone(name, num_classes, weights, weights_file, allow_fallback)
+    return Classifier(backbone, resolve_data_config(backbone, image_size)), info
+
+
+def freeze_backbone(model: Classifier) -> None:
+    """Train only the classification head (the study's frozen-feature variant)."""
+    head = model.backbone.get_classifier()
+    head_params = {id(p) for p in head.parameters()}
+    for param in model.parameters():
+        param.requires_grad = id(param) in head_params
+
+
+def save_classifier(model: Classifier, model_name: str, classes: list[str], path: Path) -> dict[str, Any]:
+    """Weights plus everything needed to rebuild and preprocess for them (next to each other, like timm)."""
+    from catalog_classifier.io import atomic_path, write_json
+
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+    config = {"model_name": model_name, "classes": classes, **model.data_config.to_dict()}
+    write_json(path.with_name("model_config.json"), config)
+    return config
+
+
+def load_classifier(path: Path) -> tuple[Classifier, dict[str, Any]]:
+    from catalog_classifier.io import read_json
+
+    config = read_json(path.with_name("model_config.json"))
+    backbone = timm.create_model(config["model_name"], pretrained=False, num_classes=len(config["classes"]))
+    model = Classifier(backbone, DataConfig.from_dict(config))
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval(), config

@@ -1,0 +1,56 @@
+"""Compare stage: the models side by side (test/val macro-F1, fit time, epochs, size, speed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from catalog_classifier.io import read_json, write_json, write_text
+from catalog_classifier.layout import Project
+
+COMPARISON_COLUMNS = [
+    ("test macro-F1", "test_f1_macro", "{:.4f}"),
+    ("val macro-F1", "val_f1_macro", "{:.4f}"),
+    ("test accuracy", "test_accuracy", "{:.4f}"),
+    ("fit time (s)", "fit_time_s", "{:.0f}"),
+    ("epochs run (best)", "epochs", "{}"),
+    ("parameters (M)", "params_m", "{:.2f}"),
+    ("inference img/s", "inference_images_per_s", "{:.1f}"),
+    ("weights", "weights_used", "{}"),
+]
+
+
+def run_compare(project: Project) -> dict[str, Any]:
+    """Side-by-side table of every model in params, as JSON and Markdown."""
+    rows = []
+    for model_name in project.params.models:
+        trained = read_json(project.train_metrics(model_name))
+        evaluated = read_json(project.eval_metrics(model_name))
+        rows.append({
+            "model": model_name,
+            "test_f1_macro": round(evaluated["test"]["f1_macro"], 4),
+            "val_f1_macro": round(evaluated["val"]["f1_macro"], 4),
+            "test_accuracy": round(evaluated["test"]["accuracy"], 4),
+            "fit_time_s": round(trained["fit_time_s"], 1),
+            "epochs_run": trained["epochs_run"],
+            "best_epoch": trained["best_epoch"],
+            "epochs": f"{trained['epochs_run']} ({trained['best_epoch']})",
+            "params_m": round(trained["n_params"] / 1e6, 2),
+            "inference_images_per_s": evaluated["inference_images_per_s"],
+            "weights_used": trained["weights_used"],
+        })
+    best = max(rows, key=lambda row: row["test_f1_macro"])
+    summary = {"models": rows, "best_by_test_f1_macro": best["model"]}
+    write_json(project.path(project.params.compare.out_json), summary)
+    write_text(project.path(project.params.compare.out_md), comparison_markdown(rows, best["model"]))
+    print(comparison_markdown(rows, best["model"]))
+    return summary
+
+
+def comparison_markdown(rows: list[dict[str, Any]], best_model: str) -> str:
+    header = "| model | " + " | ".join(title for title, _, _ in COMPARISON_COLUMNS) + " |"
+    lines = [header, "|---|" + "---:|" * len(COMPARISON_COLUMNS)]
+    for row in rows:
+        cells = [fmt.format(row[key]) for _, key, fmt in COMPARISON_COLUMNS]
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
+    lines += ["", f"Best on test macro-F1: **{best_model}**.", ""]
+    return "\n".join(lines)

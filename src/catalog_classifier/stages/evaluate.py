@@ -1,0 +1,88 @@
+"""Evaluate stage: validation and test metrics, predictions, confusion matrix, logged to the train run."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pandas as pd
+import torch
+
+from catalog_classifier.data import decode_manifest
+from catalog_classifier.evaluation import classification_metrics, plot_confusion, predictions_frame
+from catalog_classifier.io import read_json, write_csv, write_json, write_text
+from catalog_classifier.layout import Project
+from catalog_classifier.models import load_classifier
+from catalog_classifier.runtime import resolve_runtime
+from catalog_classifier.stages.split import read_manifest
+from catalog_classifier.tracking import metric_key, setup_mlflow
+from catalog_classifier.train import predict_logits
+
+
+def _inference_throughput(model: torch.nn.Module, images: Any, batch_size: int, runtime: Any) -> float:
+    started = time.perf_counter()
+    predict_logits(model, images, batch_size, runtime)
+    return len(images) / (time.perf_counter() - started)
+
+
+def run_evaluate(project: Project, model_name: str) -> dict[str, Any]:
+    """Score the trained model on validation and test; write metrics, predictions, confusion matrix."""
+    import mlflow
+
+    params = project.params
+    classes = params.data.classes
+    model, config = load_classifier(project.weights(model_name))
+    runtime = resolve_runtime(params.train.channels_last, params.train.bf16, params.train.num_threads)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    images_dir = project.path(params.data.images_dir)
+    out_dir = project.eval_dir(model_name)
+    results: dict[str, Any] = {"model": model_name}
+    frames: dict[str, pd.DataFrame] = {}
+    for split in ("val", "test"):
+        images = decode_manifest(read_manifest(project, split), images_dir, model.data_config)
+        probabilities = torch.softmax(predict_logits(model, images, params.evaluate.batch_size, runtime), 1)
+        labels = images.labels.numpy()
+        predicted = probabilities.argmax(1).numpy()
+        results[split] = classification_metrics(labels, predicted, classes)
+        frames[split] = predictions_frame(images.names, labels, probabilities.numpy(), classes)
+        if split == "test":
+            plot_confusion(labels, predicted, classes,
+                           f"{model_name}: test confusion (macro-F1 {results['test']['f1_macro']:.3f})",
+                           out_dir / "confusion.png")
+            results["inference_images_per_s"] = round(
+                _inference_throughput(model, images, params.evaluate.batch_size, runtime), 2)
+    write_csv(out_dir / "predictions.csv", frames["test"])
+    write_csv(out_dir / "val_predictions.csv", frames["val"])
+    write_text(out_dir / "report.md", class_report_markdown(model_name, results, classes))
+    write_json(project.eval_metrics(model_name), results)
+
+    run_id = read_json(project.run_record(model_name))["run_id"]
+    setup_mlflow(params.mlflow, project.root)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({
+            "val/f1_macro_final": results["val"]["f1_macro"], "val/accuracy": results["val"]["accuracy"],
+            "test/f1_macro": results["test"]["f1_macro"], "test/accuracy": results["test"]["accuracy"],
+            "inference_images_per_s": results["inference_images_per_s"],
+            **{metric_key(f"test/f1/{name}"): values["f1"] for name, values in results["test"]["per_class"].items()},
+        })
+        for name in ("metrics.json", "predictions.csv", "val_predictions.csv", "confusion.png", "report.md"):
+            mlflow.log_artifact(str(out_dir / name), artifact_path="eval")
+    print(f"{model_name}: test macro-F1 {results['test']['f1_macro']:.4f}, accuracy "
+          f"{results['test']['accuracy']:.4f}; val macro-F1 {results['val']['f1_macro']:.4f}")
+    return results
+
+
+def class_report_markdown(model_name: str, results: dict[str, Any], classes: list[str]) -> str:
+    lines = [f"# {model_name}", ""]
+    for split in ("val", "test"):
+        split_results = results[split]
+        lines += [f"## {split}: macro-F1 {split_results['f1_macro']:.4f}, "
+                  f"accuracy {split_results['accuracy']:.4f}", "",
+                  "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+        for name in classes:
+            row = split_results["per_class"][name]
+            lines.append(f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} "
+                         f"| {row['support']} |")
+        lines.append("")
+    return "\n".join(lines)

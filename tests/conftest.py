@@ -1,0 +1,88 @@
+"""Shared fixtures: the real params shrunk to tiny configurations, and tiny projects built from real images."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_CATALOGUE = REPO / "data" / "flipkart_com-ecommerce_sample_1050.csv"
+TINY_MODELS = ["resnet10t", "mobilevitv2_050"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_hub() -> None:
+    # Tests never reach a model hub; offline mode makes a hub attempt fail at once instead of retrying.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The pinned dataset (``make test`` pulls it with DVC); its absence is a setup error, not a skip."""
+    if not REAL_CATALOGUE.is_file():
+        pytest.fail("data/ is missing: run `make data` (dvc pull) before the tests")
+    return REPO / "data"
+
+
+def real_params() -> dict[str, Any]:
+    with (REPO / "params.yaml").open(encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def tiny_params(**train_overrides: Any) -> dict[str, Any]:
+    """The real params.yaml, shrunk: two small timm models, 32 px, 2 epochs, no downloads."""
+    params = real_params()
+    params["models"] = list(TINY_MODELS)
+    params["train"].update(
+        weights="none", image_size=32, max_epochs=2, patience=1, batch_size=8, lr=0.003, **train_overrides
+    )
+    params["evaluate"]["batch_size"] = 16
+    return params
+
+
+def write_tiny_catalogue(data_dir: Path, real: Path, per_class: int) -> pd.DataFrame:
+    """A Flipkart-format catalogue of ``per_class`` real images per class (present files only)."""
+    from catalog_classifier.catalogue import read_catalogue
+
+    classes = real_params()["data"]["classes"]
+    raw = pd.read_csv(REAL_CATALOGUE, dtype=str, keep_default_na=False)
+    labelled = read_catalogue(REAL_CATALOGUE, classes)
+    present = labelled["image"].map(lambda name: (real / "Images" / name).is_file())
+    chosen = labelled[present].groupby("label", sort=False).head(per_class)
+    (data_dir / "Images").mkdir(parents=True)
+    for name in chosen["image"]:
+        shutil.copy(real / "Images" / name, data_dir / "Images" / name)
+    raw.loc[chosen.index].to_csv(data_dir / REAL_CATALOGUE.name, index=False)
+    return chosen
+
+
+def make_tiny_project(root: Path, real: Path, per_class: int = 6, **train_overrides: Any) -> Path:
+    """A self-contained copy of the project (code, dvc.yaml, tiny params, tiny data) under git and DVC."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "pyproject.toml"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    write_tiny_catalogue(root / "data", real, per_class)
+    with (root / "params.yaml").open("w", encoding="utf-8") as handle:
+        yaml.safe_dump(tiny_params(**train_overrides), handle, sort_keys=False)
+    (root / ".gitignore").write_text("/mlruns\n/data\n", encoding="utf-8")
+    run(["git", "init", "-q"], root)
+    run(["dvc", "init", "-q"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny project"], root)
+    return root
+
+
+def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result

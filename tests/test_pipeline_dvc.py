@@ -1,0 +1,89 @@
+"""Integration: the real dvc.yaml runs split → train → evaluate → compare on a tiny subset, and MLflow has it all."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY_MODELS, make_tiny_project, run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory: pytest.TempPathFactory, real_data: Path) -> Path:
+    root = make_tiny_project(tmp_path_factory.mktemp("pipeline") / "project", real_data)
+    run(["dvc", "repro"], root)
+    return root
+
+
+def test_every_stage_wrote_its_metrics(reproduced: Path) -> None:
+    quality = json.loads((reproduced / "artifacts/splits/quality.json").read_text())
+    assert quality["rows"] == 42 and quality["usable_images"] == 42
+    assert quality["split_counts"] == {"train": 28, "val": 7, "test": 7}
+    for model in TINY_MODELS:
+        trained = json.loads((reproduced / f"artifacts/models/{model}/train_metrics.json").read_text())
+        assert trained["epochs_run"] == 2 and trained["weights_used"] == "random"
+        history = pd.read_csv(reproduced / f"artifacts/history/{model}.csv")
+        assert list(history["epoch"]) == [1, 2]
+        evaluated = json.loads((reproduced / f"artifacts/eval/{model}/metrics.json").read_text())
+        predictions = pd.read_csv(reproduced / f"artifacts/eval/{model}/predictions.csv")
+        assert len(predictions) == 7
+        # The reported macro-F1 is the one the predictions file gives.
+        from sklearn.metrics import f1_score
+
+        expected = f1_score(predictions["true_id"], predictions["pred_id"], labels=range(7), average="macro",
+                            zero_division=0)
+        assert evaluated["test"]["f1_macro"] == pytest.approx(expected)
+        assert (reproduced / f"artifacts/eval/{model}/confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    comparison = json.loads((reproduced / "artifacts/comparison.json").read_text())
+    assert [row["model"] for row in comparison["models"]] == TINY_MODELS
+    assert "| resnet10t |" in (reproduced / "artifacts/comparison.md").read_text()
+
+
+def test_repro_again_has_nothing_to_do(reproduced: Path) -> None:
+    status = run(["dvc", "status"], reproduced).stdout
+    assert "up to date" in status, status
+    metrics = run(["dvc", "metrics", "show", "--json"], reproduced).stdout
+    assert "f1_macro" in metrics
+
+
+def test_mlflow_has_one_run_per_model_with_params_metrics_tags(reproduced: Path) -> None:
+    mlflow.set_tracking_uri(f"sqlite:///{reproduced}/mlruns/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["catalog-classifier"], output_format="list")
+    assert sorted(r.data.tags["model"] for r in runs) == sorted(TINY_MODELS)
+    for finished in runs:
+        model = finished.data.tags["model"]
+        assert finished.info.status == "FINISHED"
+        assert finished.data.params["train.max_epochs"] == "2"
+        assert finished.data.tags["weights_used"] == "random"
+        assert finished.data.tags["data_version"] == "untracked"
+        assert len(finished.data.tags["git_commit"]) >= 40
+        evaluated = json.loads((reproduced / f"artifacts/eval/{model}/metrics.json").read_text())
+        assert finished.data.metrics["test/f1_macro"] == pytest.approx(evaluated["test"]["f1_macro"])
+        history = mlflow.MlflowClient().get_metric_history(finished.info.run_id, "val/f1_macro")
+        assert [point.step for point in history] == [1, 2]
+        artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(finished.info.run_id)}
+        assert {"quality.json", "curves.png", "splits", "eval"} <= artifacts
+        assert finished.info.artifact_uri.startswith(f"file://{reproduced}/mlruns/artifacts")
+
+
+def test_logged_model_loads_back_with_identical_predictions(reproduced: Path) -> None:
+    from catalog_classifier.models import load_classifier
+
+    mlflow.set_tracking_uri(f"sqlite:///{reproduced}/mlruns/mlflow.db")
+    model = TINY_MODELS[1]
+    run_id = json.loads((reproduced / f"artifacts/models/{model}/run.json").read_text())["run_id"]
+    logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model").eval()
+    local, config = load_classifier(reproduced / f"artifacts/models/{model}/model.pt")
+    batch = torch.rand(3, 3, *config["input_size"], generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        np.testing.assert_array_equal(logged(batch).numpy(), local(batch).numpy())
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    assert pyfunc.metadata.get_input_schema() is not None
+    np.testing.assert_allclose(pyfunc.predict(batch.numpy()), local(batch).detach().numpy(), rtol=1e-5, atol=1e-5)
