@@ -82,6 +82,7 @@ def run_train(project: Project, model_name: str) -> dict[str, Any]:
         model = model.to(memory_format=torch.contiguous_format)
         metrics = {
             "fit_time_s": round(result.fit_seconds, 3),
+            "fit_cpu_time_s": round(result.fit_cpu_seconds, 3),
             "decode_time_s": round(decode_seconds, 3),
             "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch,
@@ -101,7 +102,8 @@ def run_train(project: Project, model_name: str) -> dict[str, Any]:
         plot_curves(pd.DataFrame(result.history), model_name, model_dir / "curves.png")
         write_json(project.train_metrics(model_name), metrics)
 
-        mlflow.log_metrics({"fit_time_s": result.fit_seconds, "epochs_run": result.epochs_run,
+        mlflow.log_metrics({"fit_time_s": result.fit_seconds, "fit_cpu_time_s": result.fit_cpu_seconds,
+                            "epochs_run": result.epochs_run,
                             "best_epoch": result.best_epoch, "best_val_f1_macro": result.best["val_f1_macro"],
                             "best_val_loss": result.best["val_loss"]})
         for path in (project.history(model_name), model_dir / "curves.png", project.train_metrics(model_name),
