@@ -1,0 +1,25 @@
+"""Atomic outputs: a failure mid-write leaves the previous file intact and no temp files behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from catalog_classifier.io import atomic_open, read_json, write_json
+
+
+def test_failed_write_keeps_the_previous_content(tmp_path: Path) -> None:
+    target = tmp_path / "metrics.json"
+    write_json(target, {"f1": 0.5})
+    with pytest.raises(RuntimeError), atomic_open(target) as handle:
+        handle.write('{"f1": 0.9, "trunc')
+        raise RuntimeError("killed mid-write")
+    assert read_json(target) == {"f1": 0.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_json_is_sorted_and_newline_terminated(tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "out.json"
+    write_json(target, {"b": 1, "a": "é"})
+    assert target.read_text(encoding="utf-8") == '{\n  "a": "é",\n  "b": 1\n}\n'

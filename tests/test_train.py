@@ -1,0 +1,101 @@
+"""The training loop: it learns, stops early on validation loss and restores the best weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from catalog_classifier.data import ImageSet, iterate_batches
+from catalog_classifier.evaluation import classification_metrics
+from catalog_classifier.runtime import Runtime, cpu_has_native_bf16, seed_everything
+from catalog_classifier.train import FitSettings, fit, macro_f1, validate
+
+FP32 = Runtime(threads=1, channels_last=False, bf16=False)
+
+
+def colour_set(n_per_class: int, seed: int) -> ImageSet:
+    """Three classes told apart by which colour channel is bright: learnable in a few steps."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 60, (3 * n_per_class, 3, 8, 8), generator=generator, dtype=torch.uint8)
+    labels = torch.arange(3).repeat_interleave(n_per_class)
+    for index, label in enumerate(labels):
+        pixels[index, label] += 150
+    return ImageSet(pixels=pixels, labels=labels, names=[f"{i}.png" for i in range(len(labels))])
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 3))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(images)
+
+
+def settings(**changes) -> FitSettings:
+    base = dict(max_epochs=30, patience=3, batch_size=8, optimizer="adamw", lr=0.2, weight_decay=0.0)
+    return FitSettings(**{**base, **changes})
+
+
+def test_fit_learns_a_separable_problem() -> None:
+    generator = seed_everything(0)
+    model = TinyNet()
+    result = fit(model, colour_set(10, 1), colour_set(5, 2), settings(), FP32, generator, 3)
+    assert result.best["val_f1_macro"] == 1.0
+    assert result.fit_seconds > 0 and result.fit_cpu_seconds > 0
+    assert [row["epoch"] for row in result.history] == list(range(1, result.epochs_run + 1))
+
+
+def test_early_stopping_restores_the_best_weights() -> None:
+    generator = seed_everything(0)
+    model = TinyNet()
+    seen: list[int] = []
+    # Validation labels are shuffled, so validation loss soon stops improving and patience runs out.
+    val = colour_set(5, 2)
+    val = ImageSet(val.pixels, val.labels[torch.randperm(len(val), generator=torch.Generator().manual_seed(3))],
+                   val.names)
+    result = fit(model, colour_set(10, 1), val, settings(patience=2), FP32, generator, 3,
+                 on_epoch=lambda epoch, row: seen.append(epoch))
+    assert result.stopped_early and result.epochs_run == result.best_epoch + 2
+    assert seen == list(range(1, result.epochs_run + 1))
+    final = validate(model, val, nn.CrossEntropyLoss(), 8, FP32, 3)
+    assert final["loss"] == pytest.approx(result.best["val_loss"], rel=1e-5)
+    assert min(row["val_loss"] for row in result.history) == result.best["val_loss"]
+
+
+def test_macro_f1_by_hand() -> None:
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    predictions = np.array([0, 1, 1, 1, 2, 0])
+    # class 0: P=1/2 R=1/2 F1=.5; class 1: P=2/3 R=1 F1=.8; class 2: P=1 R=1/2 F1=2/3
+    assert macro_f1(labels, predictions, 3) == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    metrics = classification_metrics(labels, predictions, ["a", "b", "c"])
+    assert metrics["accuracy"] == pytest.approx(4 / 6)
+    assert metrics["per_class"]["b"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2})
+
+
+def test_a_class_never_seen_counts_as_zero_in_macro_f1() -> None:
+    labels = np.array([0, 0, 1])
+    assert macro_f1(labels, labels, 3) == pytest.approx(2 / 3)
+
+
+def test_batches_cover_every_image_once_in_seeded_order() -> None:
+    images = colour_set(7, 0)
+    order_a = torch.cat([y for _, y in iterate_batches(images, 4, shuffle=True,
+                                                        generator=torch.Generator().manual_seed(5))])
+    order_b = torch.cat([y for _, y in iterate_batches(images, 4, shuffle=True,
+                                                        generator=torch.Generator().manual_seed(5))])
+    assert torch.equal(order_a, order_b)
+    assert sorted(order_a.tolist()) == sorted(images.labels.tolist())
+
+
+def test_bf16_detection_reads_cpu_flags(tmp_path: Path) -> None:
+    with_bf16 = tmp_path / "cpuinfo_bf16"
+    with_bf16.write_text("flags\t\t: fpu sse avx512f avx512_bf16 amx_tile\n", encoding="utf-8")
+    without = tmp_path / "cpuinfo_plain"
+    without.write_text("flags\t\t: fpu sse avx2 avx512f\n", encoding="utf-8")
+    assert cpu_has_native_bf16(with_bf16) and not cpu_has_native_bf16(without)
+    assert not cpu_has_native_bf16(tmp_path / "absent")
