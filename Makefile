@@ -8,7 +8,7 @@ MLFLOW_PORT ?= 5000
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install data run repro test lint ui clean-venv
+.PHONY: help install data run repro test lint ui tune clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  make %-18s %s\n", $$1, $$2}'
@@ -27,6 +27,11 @@ data: $(STAMP) ## fetch the pinned dataset version from the DVC remote (no-op wh
 
 run: data ## the whole pipeline on the real data: dvc repro (split -> train -> evaluate -> compare)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+tune: data ## Optuna studies on train/val, resumable (FAMILY=mobilevitv2 N_TRIALS=20 TIMEOUT=3600 optional)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro split
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/catalog-classifier tune $(if $(FAMILY),--family $(FAMILY)) \
+		$(if $(N_TRIALS),--n-trials $(N_TRIALS)) $(if $(TIMEOUT),--timeout $(TIMEOUT))
 
 test: data ## run the test suite (tiny configurations; includes a DVC pipeline on a subset)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q

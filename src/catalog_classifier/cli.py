@@ -58,6 +58,33 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from catalog_classifier.stages.tune import run_tune
+
+    project = _project(args)
+    for family in args.family or list(project.params.tune.families):
+        run_tune(project, family, n_trials=args.n_trials, timeout_s=args.timeout)
+    return 0
+
+
+def cmd_tune_overrides(args: argparse.Namespace) -> int:
+    from catalog_classifier.tune import override_flags, read_overrides
+
+    project = _project(args)
+    print("\n".join(override_flags(read_overrides(project.best_params(args.family)))))
+    return 0
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
 def cmd_check_data(args: argparse.Namespace) -> int:
     from catalog_classifier.catalogue import read_catalogue
     from catalog_classifier.quality import audit_catalogue, format_report
@@ -94,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("evaluate", cmd_evaluate, "score one trained model on validation and test").add_argument(
         "--model", required=True, help="timm model name, one of params.models")
     add("compare", cmd_compare, "side-by-side comparison of all models (Markdown + JSON)")
+    tune = add("tune", cmd_tune, "Optuna search per model family on train/val (resumable), tracked in MLflow")
+    tune.add_argument("--family", action="append",
+                      help="family of tune.families (repeatable; default: every family)")
+    tune.add_argument("--n-trials", type=_positive(int),
+                      help="finished trials the study should hold (default: tune.n_trials)")
+    tune.add_argument("--timeout", type=_positive(float), metavar="SECONDS",
+                      help="start no trial after this many seconds (default: tune.timeout_s)")
+    add("tune-overrides", cmd_tune_overrides,
+        "print a family's best tuned params as `dvc exp run` flags (pipe into: xargs dvc exp run)").add_argument(
+        "--family", required=True, help="family of tune.families")
     check = add("check-data", cmd_check_data, "print the data-quality report for any data folder")
     check.add_argument("path", help="data folder holding the catalogue CSV and the images folder")
     check.add_argument("--catalogue", help="catalogue CSV (default: <path>/<name of data.catalogue>)")

@@ -111,6 +111,93 @@ class MlflowParams(_Strict):
     experiment: str
 
 
+class FloatRange(_Strict):
+    """A float search range; ``log`` samples uniformly in log space (learning rates, weight decay)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class TuneSpace(_Strict):
+    """The hyper-parameters a trial samples; each maps onto the ``train`` key of the same name."""
+
+    lr: FloatRange
+    weight_decay: FloatRange
+    batch_size: list[int] = Field(min_length=1)
+    label_smoothing: FloatRange
+    augment: list[bool] = Field(min_length=1)
+    freeze_backbone: list[bool] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _valid_values(self) -> TuneSpace:
+        if self.lr.low <= 0 or self.weight_decay.low < 0:
+            raise ValueError("lr must stay above 0 and weight_decay at or above 0")
+        if self.label_smoothing.low < 0 or self.label_smoothing.high >= 1:
+            raise ValueError("label_smoothing must stay within [0, 1)")
+        if any(size <= 0 for size in self.batch_size):
+            raise ValueError("batch sizes must be positive")
+        return self
+
+
+class PrunerParams(_Strict):
+    type: Literal["median", "hyperband", "none"]
+    n_startup_trials: int = Field(default=5, ge=0)  # median: finished trials before any pruning
+    n_warmup_steps: int = Field(default=0, ge=0)  # median: epochs every trial runs before it may be pruned
+    min_resource: int = Field(default=1, gt=0)  # hyperband: epochs of the smallest bracket
+    reduction_factor: int = Field(default=3, ge=2)  # hyperband
+
+
+class TrialPoint(_Strict):
+    """A configuration to try before the sampler's own picks; keys left out are sampled."""
+
+    model: str | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    batch_size: int | None = None
+    label_smoothing: float | None = None
+    augment: bool | None = None
+    freeze_backbone: bool | None = None
+
+
+class TuneParams(_Strict):
+    out_dir: Path
+    storage: Path  # Optuna's own sqlite file; never MLflow's database
+    study_prefix: str = Field(min_length=1)
+    experiment: str = Field(min_length=1)  # MLflow experiment of the studies (kept apart from pipeline runs)
+    seed: int
+    n_trials: int = Field(gt=0)
+    timeout_s: float | None = Field(default=None, gt=0)
+    max_epochs: int = Field(gt=0)
+    heartbeat_s: int = Field(gt=0)
+    pruner: PrunerParams
+    families: dict[str, list[str]] = Field(min_length=1)
+    space: TuneSpace
+    baseline: bool  # a new study's first trial uses the current train.* values: the bar to beat
+    enqueue: list[TrialPoint] = Field(default_factory=list)
+
+    @field_validator("families")
+    @classmethod
+    def _known_family_models(cls, families: dict[str, list[str]]) -> dict[str, list[str]]:
+        import timm
+
+        for family, models in families.items():
+            if not models:
+                raise ValueError(f"family {family!r} lists no model")
+            unknown = [name for name in models if not timm.is_model(name)]
+            if unknown:
+                raise ValueError(f"family {family!r}: unknown timm model name(s): {', '.join(unknown)}")
+        return families
+
+
 class Params(_Strict):
     data: DataParams
     split: SplitParams
@@ -119,6 +206,7 @@ class Params(_Strict):
     evaluate: EvaluateParams
     compare: CompareParams
     mlflow: MlflowParams
+    tune: TuneParams
 
     @field_validator("models")
     @classmethod

@@ -56,3 +56,16 @@ class Project:
 
     def eval_metrics(self, model: str) -> Path:
         return self.eval_dir(model) / "metrics.json"
+
+    # tune
+    def tune_storage(self) -> Path:
+        return self.path(self.params.tune.storage)
+
+    def tune_dir(self, family: str) -> Path:
+        return self.path(self.params.tune.out_dir) / family
+
+    def best_params(self, family: str) -> Path:
+        return self.tune_dir(family) / "best_params.yaml"
+
+    def tune_summary(self, family: str) -> Path:
+        return self.tune_dir(family) / "summary.json"
