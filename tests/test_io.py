@@ -23,3 +23,17 @@ def test_json_is_sorted_and_newline_terminated(tmp_path: Path) -> None:
     target = tmp_path / "deep" / "out.json"
     write_json(target, {"b": 1, "a": "é"})
     assert target.read_text(encoding="utf-8") == '{\n  "a": "é",\n  "b": 1\n}\n'
+
+
+def test_outputs_get_normal_permissions(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    write_json(target, {})
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
