@@ -51,6 +51,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from catalog_classifier.stages.explain import run_explain
+
+    run_explain(_project(args), args.model)
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from catalog_classifier.stages.compare import run_compare
 
@@ -119,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("train", cmd_train, "train one model (early stopping) and record the run in MLflow").add_argument(
         "--model", required=True, help="timm model name, one of params.models")
     add("evaluate", cmd_evaluate, "score one trained model on validation and test").add_argument(
+        "--model", required=True, help="timm model name, one of params.models")
+    add("explain", cmd_explain, "Grad-CAM and SHAP explanations of one model, and their faithfulness").add_argument(
         "--model", required=True, help="timm model name, one of params.models")
     add("compare", cmd_compare, "side-by-side comparison of all models (Markdown + JSON)")
     tune = add("tune", cmd_tune, "Optuna search per model family on train/val (resumable), tracked in MLflow")

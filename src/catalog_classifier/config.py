@@ -105,6 +105,30 @@ class CompareParams(_Strict):
     out_md: Path
 
 
+class ShapParams(_Strict):
+    max_evals: int = Field(ge=8)
+    blur_fraction: float = Field(gt=0, le=1)
+
+
+class FaithfulnessParams(_Strict):
+    n_images: int = Field(gt=0)
+    steps: int = Field(ge=2)
+    random_grid: int = Field(ge=2)
+
+
+class ExplainParams(_Strict):
+    out_dir: Path
+    images: list[str] = Field(default_factory=list)
+    n_correct: int = Field(ge=0)
+    n_wrong: int = Field(ge=0)
+    seed: int
+    batch_size: int = Field(gt=0)
+    bf16: Literal["auto"] | bool
+    target_layers: dict[str, str] = Field(min_length=1)
+    shap: ShapParams
+    faithfulness: FaithfulnessParams
+
+
 class MlflowParams(_Strict):
     tracking_uri: str
     artifact_root: Path
@@ -205,6 +229,7 @@ class Params(_Strict):
     train: TrainParams
     evaluate: EvaluateParams
     compare: CompareParams
+    explain: ExplainParams
     mlflow: MlflowParams
     tune: TuneParams
 

@@ -69,3 +69,19 @@ class Project:
 
     def tune_summary(self, family: str) -> Path:
         return self.tune_dir(family) / "summary.json"
+
+    def eval_predictions(self, model: str) -> Path:
+        return self.eval_dir(model) / "predictions.csv"
+
+    # explain
+    def explain_dir(self, model: str) -> Path:
+        return self.path(self.params.explain.out_dir) / model
+
+    def explain_figures(self, model: str) -> Path:
+        return self.explain_dir(model) / "figures"
+
+    def explain_metrics(self, model: str) -> Path:
+        return self.explain_dir(model) / "metrics.json"
+
+    def explain_summary(self, model: str) -> Path:
+        return self.explain_dir(model) / "summary.json"
