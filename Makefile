@@ -8,7 +8,7 @@ MLFLOW_PORT ?= 5000
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install data run repro test lint ui tune clean-venv
+.PHONY: help install data run repro test lint ui tune pipeline-flow prefect-server retrain-schedule clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  make %-18s %s\n", $$1, $$2}'
@@ -43,6 +43,15 @@ ui: $(STAMP) ## MLflow UI on 127.0.0.1:$(MLFLOW_PORT) over the project's store
 	$(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
 		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlruns/artifacts
+
+pipeline-flow: data ## the pipeline as a Prefect flow, one task per DVC stage (ARGS="--force --set train.max_epochs=2")
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m flows.pipeline $(ARGS)
+
+prefect-server: $(STAMP) ## Prefect server + UI on the host/port in params.yaml (orchestration), default 127.0.0.1:4200
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m flows.retrain server
+
+retrain-schedule: $(STAMP) ## serve the scheduled-retraining deployment (cron in params.yaml) on make prefect-server's server
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m flows.retrain serve
 
 clean-venv: ## remove .venv
 	rm -rf $(VENV)

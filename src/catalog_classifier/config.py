@@ -7,9 +7,11 @@ epoch count or split fractions that do not add up are rejected before any work s
 from __future__ import annotations
 
 import copy
+import re
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -221,6 +223,43 @@ class TuneParams(_Strict):
                 raise ValueError(f"family {family!r}: unknown timm model name(s): {', '.join(unknown)}")
         return families
 
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-]+$")
+
+
+class OrchestrationParams(_Strict):
+    """Prefect settings (flows/): stage retries, the retraining schedule and the local server."""
+
+    task_retries: int = Field(ge=0)
+    retry_delay_s: float = Field(ge=0)
+    retrain_cron: str
+    timezone: str
+    deployment: str = Field(min_length=1)
+    server_host: str = Field(min_length=1)
+    server_port: int = Field(gt=0, lt=65536)
+    push_outputs: bool
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _five_cron_fields(cls, cron: str) -> str:
+        # Shape only: Prefect validates the expression itself when the deployment is served; importing
+        # Prefect here would cost every stage seconds of start-up.
+        fields = cron.split()
+        if len(fields) != 5 or not all(_CRON_FIELD.match(field) for field in fields):
+            raise ValueError(f"{cron!r} is not a five-field cron expression (minute hour day month weekday)")
+        return cron
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, timezone: str) -> str:
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA timezone {timezone!r}") from None
+        return timezone
+
+    def api_url(self) -> str:
+        return f"http://{self.server_host}:{self.server_port}/api"
+
 
 class Params(_Strict):
     data: DataParams
@@ -232,6 +271,8 @@ class Params(_Strict):
     explain: ExplainParams
     mlflow: MlflowParams
     tune: TuneParams
+
+    orchestration: OrchestrationParams
 
     @field_validator("models")
     @classmethod
