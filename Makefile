@@ -5,10 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MLFLOW_PORT ?= 5000
+SERVE_PORT ?= 5001
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install data run repro test lint ui clean-venv
+.PHONY: help install data run repro test lint ui serve clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  make %-18s %s\n", $$1, $$2}'
@@ -25,7 +26,7 @@ install: $(STAMP) ## create .venv with the pinned dependencies and the package
 data: $(STAMP) ## fetch the pinned dataset version from the DVC remote (no-op when present)
 	$(BIN)/dvc pull data.dvc
 
-run: data ## the whole pipeline on the real data: dvc repro (split -> train -> evaluate -> compare)
+run: data ## the whole pipeline on the real data: dvc repro (split -> train -> evaluate -> compare -> promote)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 test: data ## run the test suite (tiny configurations; includes a DVC pipeline on a subset)
@@ -38,6 +39,9 @@ ui: $(STAMP) ## MLflow UI on 127.0.0.1:$(MLFLOW_PORT) over the project's store
 	$(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
 		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlruns/artifacts
+
+serve: $(STAMP) ## serve the registry's champion on 127.0.0.1:$(SERVE_PORT) (mlflow models serve, offline)
+	$(BIN)/catalog-classifier serve --host 127.0.0.1 --port $(SERVE_PORT)
 
 clean-venv: ## remove .venv
 	rm -rf $(VENV)

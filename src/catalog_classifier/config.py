@@ -111,6 +111,24 @@ class MlflowParams(_Strict):
     experiment: str
 
 
+class RegistryParams(_Strict):
+    """Promotion rule and registry location: which registered model, and what a challenger must prove."""
+
+    model_name: str = Field(min_length=1)
+    min_delta: float = Field(ge=0, le=1)
+    class_f1_floor: float = Field(ge=0, le=1)
+    out_json: Path
+    lock_timeout_s: float = Field(gt=0)
+
+    @field_validator("model_name")
+    @classmethod
+    def _uri_safe(cls, name: str) -> str:
+        # The name is part of models:/<name>@champion URIs, where these characters have a meaning.
+        if any(char in name for char in "/@:#?") or name != name.strip():
+            raise ValueError(f"{name!r}: a registered model name may not contain / @ : # ? or edge spaces")
+        return name
+
+
 class Params(_Strict):
     data: DataParams
     split: SplitParams
@@ -119,6 +137,7 @@ class Params(_Strict):
     evaluate: EvaluateParams
     compare: CompareParams
     mlflow: MlflowParams
+    registry: RegistryParams
 
     @field_validator("models")
     @classmethod

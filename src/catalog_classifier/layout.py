@@ -56,3 +56,13 @@ class Project:
 
     def eval_metrics(self, model: str) -> Path:
         return self.eval_dir(model) / "metrics.json"
+
+    def eval_predictions(self, model: str) -> Path:
+        return self.eval_dir(model) / "predictions.csv"
+
+    # compare / promote
+    def comparison(self) -> Path:
+        return self.path(self.params.compare.out_json)
+
+    def promotion_report(self) -> Path:
+        return self.path(self.params.registry.out_json)
