@@ -5,10 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MLFLOW_PORT ?= 5000
+SERVE_PORT ?= 5001
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install data run repro test lint ui tune pipeline-flow prefect-server retrain-schedule clean-venv
+.PHONY: help install data run repro test lint ui tune serve pipeline-flow prefect-server retrain-schedule clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  make %-18s %s\n", $$1, $$2}'
@@ -25,7 +26,7 @@ install: $(STAMP) ## create .venv with the pinned dependencies and the package
 data: $(STAMP) ## fetch the pinned dataset version from the DVC remote (no-op when present)
 	$(BIN)/dvc pull data.dvc
 
-run: data ## the whole pipeline on the real data: dvc repro (split -> train -> evaluate -> compare)
+run: data ## the whole pipeline on the real data: dvc repro (split -> train -> evaluate -> compare -> promote)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 tune: data ## Optuna studies on train/val, resumable (FAMILY=mobilevitv2 N_TRIALS=20 TIMEOUT=3600 optional)
@@ -52,6 +53,8 @@ prefect-server: $(STAMP) ## Prefect server + UI on the host/port in params.yaml 
 
 retrain-schedule: $(STAMP) ## serve the scheduled-retraining deployment (cron in params.yaml) on make prefect-server's server
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m flows.retrain serve
+serve: $(STAMP) ## serve the registry's champion on 127.0.0.1:$(SERVE_PORT) (mlflow models serve, offline)
+	$(BIN)/catalog-classifier serve --host 127.0.0.1 --port $(SERVE_PORT)
 
 clean-venv: ## remove .venv
 	rm -rf $(VENV)

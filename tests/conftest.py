@@ -83,6 +83,18 @@ def make_tiny_project(root: Path, real: Path, per_class: int = 6, **train_overri
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory, real_data: Path) -> Path:
+    """A tiny project through the whole real ``dvc repro`` (split ... promote), once per session.
+
+    Shared by every test that only reads it or writes outside its DVC outputs (registry entries under their own
+    registered-model names, files in their own tmp dirs), so the suite pays for one tiny training, not one per file.
+    """
+    root = make_tiny_project(tmp_path_factory.mktemp("pipeline") / "project", real_data)
+    run(["dvc", "repro"], root)
+    return root
+
+
 def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
     if result.returncode != 0:

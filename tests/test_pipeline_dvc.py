@@ -10,16 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_MODELS, make_tiny_project, run
+from conftest import TINY_MODELS, run
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def reproduced(tmp_path_factory: pytest.TempPathFactory, real_data: Path) -> Path:
-    root = make_tiny_project(tmp_path_factory.mktemp("pipeline") / "project", real_data)
-    run(["dvc", "repro"], root)
-    return root
+def reproduced(tiny_pipeline: Path) -> Path:
+    return tiny_pipeline
 
 
 def test_every_stage_wrote_its_metrics(reproduced: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -17,9 +18,11 @@ from typing import Any
 from catalog_classifier.catalogue import CatalogueError
 from catalog_classifier.config import PARAMS_FILE, ParamsError
 from catalog_classifier.images import ImageLoadError
+from catalog_classifier.registry import RegistryError
 from catalog_classifier.tracking import TrackingUnavailable
 
-EXPECTED_ERRORS = (ParamsError, CatalogueError, TrackingUnavailable, ImageLoadError, FileNotFoundError)
+EXPECTED_ERRORS = (ParamsError, CatalogueError, TrackingUnavailable, ImageLoadError, FileNotFoundError,
+                   RegistryError)
 EXIT_USAGE = 2
 
 
@@ -91,6 +94,35 @@ def _positive(kind: type) -> Callable[[str], Any]:
 
     return parse
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    from catalog_classifier.stages.promote import run_promote
+
+    run_promote(_project(args), dry_run=args.dry_run, model_name=args.model)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from catalog_classifier.stages.promote import run_rollback
+
+    run_rollback(_project(args))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from catalog_classifier.stages.serve import model_uri, run_predict
+
+    project = _project(args)
+    run_predict(project, args.paths, model_uri(project, args.version, args.model),
+                Path(args.output) if args.output else None)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from catalog_classifier.stages.serve import run_serve
+
+    run_serve(_project(args), args.host, args.port)
+    return 0
+
 
 def cmd_check_data(args: argparse.Namespace) -> int:
     from catalog_classifier.catalogue import read_catalogue
@@ -140,6 +172,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("tune-overrides", cmd_tune_overrides,
         "print a family's best tuned params as `dvc exp run` flags (pipe into: xargs dvc exp run)").add_argument(
         "--family", required=True, help="family of tune.families")
+
+    promote = add("promote", cmd_promote,
+                  "register the best model as challenger; make it champion if it passes the gate")
+    promote.add_argument("--dry-run", action="store_true", help="print the decision, change nothing")
+    promote.add_argument("--model", help="a trained model of params.models (default: the best in the comparison)")
+    add("rollback", cmd_rollback, "move the champion alias back to the previous champion")
+    predict = add("predict", cmd_predict, "classify image files or folders with a registered model (CSV)")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    which = predict.add_mutually_exclusive_group()
+    which.add_argument("--version", help="registered model version (default: the champion)")
+    which.add_argument("--model", help="any MLflow model URI of a served model, e.g. models:/NAME@challenger")
+    predict.add_argument("-o", "--output", help="CSV file to write (default: standard output)")
+    serve = add("serve", cmd_serve, "serve the champion over HTTP with mlflow models serve (offline)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=5001, help="port (default: %(default)s)")
     check = add("check-data", cmd_check_data, "print the data-quality report for any data folder")
     check.add_argument("path", help="data folder holding the catalogue CSV and the images folder")
     check.add_argument("--catalogue", help="catalogue CSV (default: <path>/<name of data.catalogue>)")
@@ -152,6 +199,10 @@ def _configure_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("urllib3", "matplotlib", "PIL", "filelock", "alembic", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from catalog_classifier.progress import interactive
+
+    if not interactive():  # MLflow's download bars would fill CI and DVC logs with carriage returns
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _terminate_as_interrupt(signum: int, frame: Any) -> None:

@@ -260,6 +260,23 @@ class OrchestrationParams(_Strict):
     def api_url(self) -> str:
         return f"http://{self.server_host}:{self.server_port}/api"
 
+class RegistryParams(_Strict):
+    """Promotion rule and registry location: which registered model, and what a challenger must prove."""
+
+    model_name: str = Field(min_length=1)
+    min_delta: float = Field(ge=0, le=1)
+    class_f1_floor: float = Field(ge=0, le=1)
+    out_json: Path
+    lock_timeout_s: float = Field(gt=0)
+
+    @field_validator("model_name")
+    @classmethod
+    def _uri_safe(cls, name: str) -> str:
+        # The name is part of models:/<name>@champion URIs, where these characters have a meaning.
+        if any(char in name for char in "/@:#?") or name != name.strip():
+            raise ValueError(f"{name!r}: a registered model name may not contain / @ : # ? or edge spaces")
+        return name
+
 
 class Params(_Strict):
     data: DataParams
@@ -273,6 +290,8 @@ class Params(_Strict):
     tune: TuneParams
 
     orchestration: OrchestrationParams
+
+    registry: RegistryParams
 
     @field_validator("models")
     @classmethod

@@ -85,3 +85,11 @@ class Project:
 
     def explain_summary(self, model: str) -> Path:
         return self.explain_dir(model) / "summary.json"
+
+
+    # compare / promote
+    def comparison(self) -> Path:
+        return self.path(self.params.compare.out_json)
+
+    def promotion_report(self) -> Path:
+        return self.path(self.params.registry.out_json)

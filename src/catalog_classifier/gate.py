@@ -1,0 +1,119 @@
+"""The promotion rule, as pure functions: which images both models are judged on, and who wins.
+
+A challenger replaces the champion only when, on the same images, its macro-F1 beats the champion's by at least
+``min_delta`` and none of its class F1 scores is below ``class_f1_floor``. "The same images" is today's test
+split minus every image the champion was trained on (by file name or content hash), so the champion is
+never judged on photos it has memorised. The first model (no champion) must pass the floor only.
+
+Scores are computed over the classes present in the shared images: removing the champion's training images
+can leave a class with no test image, and an F1 of 0 for a class nobody could be tested on would decide
+nothing but the outcome. Predictions of such a class still count as errors for the image's true class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+from sklearn.metrics import f1_score
+
+# F1 values are ratios of small integers: a delta equal to min_delta must not be lost to rounding.
+TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class Scores:
+    """macro-F1 and per-class F1 of one model on the shared images (classes present there only)."""
+
+    f1_macro: float
+    per_class: dict[str, float]
+
+    @property
+    def weakest(self) -> tuple[str, float]:
+        name = min(self.per_class, key=lambda key: (self.per_class[key], key))
+        return name, self.per_class[name]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Outcome of the gate, with every figure it compared (they become registry tags)."""
+
+    promote: bool
+    reason: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def score(true_labels: Sequence[str], predicted: Sequence[str], classes: Sequence[str]) -> Scores:
+    """F1 per class present in ``true_labels`` and their mean (labels are class names)."""
+    if len(true_labels) != len(predicted):
+        raise ValueError(f"{len(true_labels)} true labels but {len(predicted)} predictions")
+    present = [name for name in classes if name in set(true_labels)]
+    if not present:
+        raise ValueError("no image to score")
+    values = f1_score(list(true_labels), list(predicted), labels=present, average=None, zero_division=0)
+    per_class = {name: float(value) for name, value in zip(present, values, strict=True)}
+    return Scores(f1_macro=float(sum(per_class.values()) / len(per_class)), per_class=per_class)
+
+
+def shared_test_images(test_manifest: pd.DataFrame, champion_train: pd.DataFrame | None) -> tuple[pd.DataFrame,
+                                                                                                   list[str]]:
+    """Test rows the champion never trained on (matched by name or sha256), and the names left out."""
+    if champion_train is None or champion_train.empty:
+        return test_manifest.reset_index(drop=True), []
+    seen = test_manifest["image"].isin(set(champion_train["image"]))
+    if "sha256" in test_manifest and "sha256" in champion_train:
+        seen |= test_manifest["sha256"].isin(set(champion_train["sha256"].dropna()))
+    return test_manifest[~seen].reset_index(drop=True), sorted(test_manifest.loc[seen, "image"])
+
+
+def decide(
+    true_labels: Sequence[str],
+    challenger: Sequence[str],
+    champion: Sequence[str] | None,
+    classes: Sequence[str],
+    *,
+    min_delta: float,
+    class_f1_floor: float,
+) -> Decision:
+    """Apply the rule to per-image predicted labels of both models on the same images (champion None: first)."""
+    if not true_labels:
+        return Decision(False, "no shared test image: the champion was trained on every test image", {
+            "n_images": 0, "min_delta": min_delta, "class_f1_floor": class_f1_floor})
+    mine = score(true_labels, challenger, classes)
+    weakest_class, weakest_f1 = mine.weakest
+    figures: dict[str, Any] = {
+        "n_images": len(true_labels),
+        "challenger_f1_macro": round(mine.f1_macro, 6),
+        "challenger_class_f1": {name: round(value, 6) for name, value in mine.per_class.items()},
+        "weakest_class": weakest_class,
+        "weakest_class_f1": round(weakest_f1, 6),
+        "min_delta": min_delta,
+        "class_f1_floor": class_f1_floor,
+    }
+    failures = []
+    below = sorted(name for name, value in mine.per_class.items() if value < class_f1_floor - TOLERANCE)
+    if below:
+        listed = ", ".join(f"{name} {mine.per_class[name]:.3f}" for name in below)
+        failures.append(f"class F1 below the floor {class_f1_floor:g}: {listed}")
+    if champion is None:
+        if failures:
+            return Decision(False, f"first model: {failures[0]}", figures)
+        return Decision(True, f"first model: every class F1 >= {class_f1_floor:g} "
+                              f"(weakest {weakest_class} {weakest_f1:.3f})", figures)
+    theirs = score(true_labels, champion, classes)
+    delta = mine.f1_macro - theirs.f1_macro
+    figures.update(champion_f1_macro=round(theirs.f1_macro, 6), delta=round(delta, 6),
+                   champion_class_f1={name: round(value, 6) for name, value in theirs.per_class.items()})
+    comparison = (f"macro-F1 {mine.f1_macro:.4f} vs champion {theirs.f1_macro:.4f} ({delta:+.4f}) "
+                  f"on {len(true_labels)} images")
+    if not (delta > TOLERANCE and delta >= min_delta - TOLERANCE):
+        failures.insert(0, f"{comparison}: does not beat it by {min_delta:g}")
+    if failures:
+        return Decision(False, "; ".join(failures), figures)
+    return Decision(True, f"{comparison}: beats it by >= {min_delta:g}; every class F1 >= {class_f1_floor:g}",
+                    figures)

@@ -1,0 +1,314 @@
+"""Promotion: the gate's rule on constructed cases, then alias moves, rollback, dry runs and racing promotes
+in a real sqlite registry holding really trained tiny models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import TINY_MODELS
+from registry_helpers import (
+    cli,
+    cli_args,
+    client,
+    eval_f1,
+    eval_predictions,
+    isolated_mlflow_env,
+    promote,
+    repro_promotion,
+    split_images,
+)
+from sklearn.metrics import f1_score
+
+from catalog_classifier.gate import decide, score, shared_test_images
+
+CLASSES = ["a", "b", "c"]
+TRUTH = ["a", "a", "b", "b", "c", "c"]
+GOOD = ["a", "a", "b", "b", "c", "a"]  # F1 a 4/5, b 1, c 2/3: macro 37/45 = 0.822222
+FAIR = ["a", "b", "b", "b", "c", "a"]  # F1 a 1/2, b 4/5, c 2/3: macro 59/90 = 0.655556
+
+
+# --- the rule, on constructed cases -------------------------------------------------------------------------
+
+
+def test_scores_are_the_hand_computed_f1() -> None:
+    good = score(TRUTH, GOOD, CLASSES)
+    assert good.per_class == pytest.approx({"a": 0.8, "b": 1.0, "c": 2 / 3})
+    assert good.f1_macro == pytest.approx(37 / 45)
+    assert score(TRUTH, FAIR, CLASSES).f1_macro == pytest.approx(59 / 90)
+
+
+def test_better_challenger_is_promoted() -> None:
+    decision = decide(TRUTH, GOOD, FAIR, CLASSES, min_delta=0.01, class_f1_floor=0.5)
+    assert decision.promote
+    assert decision.figures["challenger_f1_macro"] == pytest.approx(0.822222)
+    assert decision.figures["champion_f1_macro"] == pytest.approx(0.655556)
+    assert decision.figures["delta"] == pytest.approx(1 / 6, abs=1e-6)
+    assert decision.figures["n_images"] == 6
+    assert "beats it" in decision.reason
+
+
+def test_worse_challenger_is_rejected() -> None:
+    decision = decide(TRUTH, FAIR, GOOD, CLASSES, min_delta=0.01, class_f1_floor=0.0)
+    assert not decision.promote
+    assert decision.figures["delta"] == pytest.approx(-1 / 6, abs=1e-6)
+    assert "does not beat it by 0.01" in decision.reason
+
+
+def test_equal_challenger_is_rejected_even_with_zero_min_delta() -> None:
+    decision = decide(TRUTH, GOOD, list(GOOD), CLASSES, min_delta=0.0, class_f1_floor=0.0)
+    assert not decision.promote
+    assert decision.figures["delta"] == 0
+
+
+def test_min_delta_is_a_threshold_included_at_its_value() -> None:
+    # delta is exactly 37/45 - 59/90 = 1/6: "by at least 1/6" passes, "by at least 0.17" does not.
+    assert decide(TRUTH, GOOD, FAIR, CLASSES, min_delta=1 / 6, class_f1_floor=0.0).promote
+    assert not decide(TRUTH, GOOD, FAIR, CLASSES, min_delta=0.17, class_f1_floor=0.0).promote
+
+
+def test_one_class_under_the_floor_blocks_a_better_challenger() -> None:
+    challenger = ["a", "a", "b", "b", "a", "b"]  # never says c: F1 a 0.8, b 0.8, c 0 -> macro 0.533
+    champion = ["a"] * 6  # F1 a 0.5, b 0, c 0 -> macro 0.167
+    decision = decide(TRUTH, challenger, champion, CLASSES, min_delta=0.01, class_f1_floor=0.3)
+    assert not decision.promote
+    assert decision.figures["delta"] == pytest.approx(1.6 / 3 - 0.5 / 3, abs=1e-6)
+    assert decision.figures["weakest_class"] == "c" and decision.figures["weakest_class_f1"] == 0
+    assert decision.reason == "class F1 below the floor 0.3: c 0.000"
+
+
+def test_first_model_needs_only_the_floor() -> None:
+    passed = decide(TRUTH, GOOD, None, CLASSES, min_delta=0.5, class_f1_floor=0.6)
+    assert passed.promote and "first model" in passed.reason
+    assert "champion_f1_macro" not in passed.figures
+    failed = decide(TRUTH, GOOD, None, CLASSES, min_delta=0.0, class_f1_floor=0.7)
+    assert not failed.promote
+    assert failed.reason == "first model: class F1 below the floor 0.7: c 0.667"
+
+
+def _test_manifest() -> pd.DataFrame:
+    return pd.DataFrame({"image": [f"img{i}.jpg" for i in range(1, 7)], "label": TRUTH,
+                         "sha256": [f"s{i}" for i in range(1, 7)]})
+
+
+def test_images_the_champion_was_trained_on_are_left_out_by_name_or_content() -> None:
+    # The champion trained on img1.jpg, and on img3.jpg's exact bytes under another name.
+    champion_train = pd.DataFrame({"image": ["img1.jpg", "renamed.jpg", "x.jpg"], "label": ["a", "b", "c"],
+                                   "sha256": ["s1", "s3", "zz"]})
+    shared, excluded = shared_test_images(_test_manifest(), champion_train)
+    assert excluded == ["img1.jpg", "img3.jpg"]
+    assert list(shared["image"]) == ["img2.jpg", "img4.jpg", "img5.jpg", "img6.jpg"]
+    # On the full split the champion looks perfect (it memorised img1 and img3); on the shared images it is not.
+    decision = decide(list(shared["label"]), ["a", "b", "c", "c"], ["a", "b", "c", "a"], CLASSES,
+                      min_delta=0.01, class_f1_floor=0.5)
+    assert decision.promote
+    assert decision.figures["n_images"] == 4
+    assert decision.figures["challenger_f1_macro"] == 1.0
+    assert decision.figures["champion_f1_macro"] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3, abs=1e-6)
+
+
+def test_a_class_left_without_test_images_is_not_judged() -> None:
+    champion_train = pd.DataFrame({"image": ["img3.jpg", "img4.jpg"], "label": ["b", "b"], "sha256": ["s3", "s4"]})
+    shared, _ = shared_test_images(_test_manifest(), champion_train)
+    # Predicting b for an a image is still an error for a; b itself (no test image left) is not scored.
+    decision = decide(list(shared["label"]), ["a", "b", "c", "c"], ["a", "a", "c", "c"], CLASSES,
+                      min_delta=0.01, class_f1_floor=0.5)
+    assert set(decision.figures["challenger_class_f1"]) == {"a", "c"}
+    assert decision.figures["challenger_class_f1"]["a"] == pytest.approx(2 / 3, abs=1e-6)
+    assert not decision.promote and "does not beat" in decision.reason
+
+
+def test_no_shared_image_means_no_promotion() -> None:
+    shared, excluded = shared_test_images(_test_manifest(), _test_manifest())
+    assert shared.empty and len(excluded) == 6
+    decision = decide([], [], [], CLASSES, min_delta=0.0, class_f1_floor=0.0)
+    assert not decision.promote and decision.figures["n_images"] == 0
+
+
+# --- a real registry -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def project(tiny_pipeline: Path) -> Path:
+    return tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def ranked(project: Path) -> tuple[str, str]:
+    """(worse, better) of the two tiny models by test macro-F1; the integration tests need them to differ."""
+    worse, better = sorted(TINY_MODELS, key=lambda model: eval_f1(project, model))
+    assert eval_f1(project, better) - eval_f1(project, worse) >= 0.01, "tiny models scored alike: change seeds"
+    return worse, better
+
+
+def hand_f1(project: Path, model: str, images: list[str] | None = None) -> float:
+    """macro-F1 over the classes present, from the evaluate stage's own predictions file."""
+    frame = eval_predictions(project, model)
+    if images is not None:
+        frame = frame[frame["image"].isin(images)]
+    present = sorted(set(frame["true_label"]))
+    return float(f1_score(frame["true_label"], frame["pred_label"], labels=present, average="macro",
+                          zero_division=0))
+
+
+def aliases(project: Path, name: str) -> dict[str, str]:
+    return {alias: str(version) for alias, version in client(project).get_registered_model(name).aliases.items()}
+
+
+def history(project: Path, name: str) -> list[str]:
+    return json.loads(client(project).get_registered_model(name).tags["champion_history"])
+
+
+def version_tags(project: Path, name: str, version: str) -> dict[str, str]:
+    return client(project).get_model_version(name, version).tags
+
+
+@pytest.mark.slow
+def test_the_pipeline_promote_stage_registered_and_judged_the_best_model(project: Path) -> None:
+    report = repro_promotion(project)
+    best = json.loads((project / "artifacts/comparison.json").read_text())["best_by_test_f1_macro"]
+    assert report["source_model"] == best and report["version"] == "1" and report["champion_before"] is None
+    assert report["figures"]["challenger_f1_macro"] == pytest.approx(hand_f1(project, best), abs=1e-6)
+    weakest = min(report["figures"]["challenger_class_f1"].values())
+    assert report["promote"] == (weakest >= 0.5)  # params.yaml's floor, applied to the first model
+    tags = version_tags(project, "catalog-classifier", "1")
+    assert tags["decision"] == report["decision"] and tags["reason"] == report["reason"]
+    assert tags["data_version"] == "untracked" and len(tags["git_commit"]) >= 40
+    assert tags["challenger_f1_macro"] == str(report["figures"]["challenger_f1_macro"])
+    expected = {"challenger": "1", **({"champion": "1"} if report["promote"] else {})}
+    assert aliases(project, "catalog-classifier") == expected
+
+
+@pytest.mark.slow
+def test_aliases_move_by_the_rule_and_rollback_restores_the_previous_champion(
+        project: Path, ranked: tuple[str, str], capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    worse, better = ranked
+    name = "moves"
+    report = tmp_path / "promotion.json"
+    first = promote(project, name, report, "--model", worse)
+    assert first["promote"] and first["version"] == "1" and first["champion_after"] == "1"
+    assert aliases(project, name) == {"champion": "1", "challenger": "1"}
+
+    second = promote(project, name, report, "--model", better)
+    assert second["promote"] and second["champion_before"] == "1" and second["champion_after"] == "2"
+    assert second["figures"]["delta"] == pytest.approx(hand_f1(project, better) - hand_f1(project, worse), abs=2e-6)
+    assert aliases(project, name) == {"champion": "2", "challenger": "2"}
+    assert history(project, name) == ["1", "2"]
+    tags = version_tags(project, name, "2")
+    assert tags["decision"] == "promoted" and tags["compared_with"] == "1" and tags["previous_champion"] == "1"
+
+    third = promote(project, name, report, "--model", better)  # the same weights again: equal is not better
+    assert not third["promote"] and third["figures"]["delta"] == 0 and third["champion_after"] == "2"
+    assert aliases(project, name) == {"champion": "2", "challenger": "3"}
+    assert version_tags(project, name, "3")["decision"] == "rejected"
+
+    capsys.readouterr()
+    assert cli(["rollback", *cli_args(project, name)]) == 0
+    assert "from v2 back to v1" in capsys.readouterr().out
+    assert aliases(project, name) == {"champion": "1", "challenger": "3"}
+    assert history(project, name) == ["1"]
+    assert version_tags(project, name, "2")["rolled_back_to"] == "1"
+
+    assert cli(["rollback", *cli_args(project, name)]) == 2  # v1 was the first champion
+    assert "no previous champion" in capsys.readouterr().err
+    assert aliases(project, name)["champion"] == "1"
+
+    fourth = promote(project, name, report, "--model", better)  # judged against the restored champion again
+    assert fourth["promote"] and fourth["champion_before"] == "1"
+    assert history(project, name) == ["1", "4"]
+
+
+@pytest.mark.slow
+def test_dry_run_prints_the_decision_and_changes_nothing(
+        project: Path, ranked: tuple[str, str], capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    worse, better = ranked
+    name = "dry"
+    report = tmp_path / "promotion.json"
+    promote(project, name, report, "--model", worse)
+    registry = client(project)
+    experiment = registry.get_experiment_by_name("catalog-classifier").experiment_id
+
+    def snapshot() -> tuple:
+        versions = registry.search_model_versions(f"name='{name}'")
+        logged = registry.search_logged_models(experiment_ids=[experiment], max_results=1000)
+        return (sorted((v.version, tuple(sorted(v.tags.items()))) for v in versions),
+                registry.get_registered_model(name).aliases, len(logged),
+                report.read_bytes())
+
+    before = snapshot()
+    capsys.readouterr()
+    args = ["promote", "--dry-run", "--model", better,
+            *cli_args(project, name, registry__class_f1_floor=0, registry__out_json=report)]
+    assert cli(args) == 0
+    printed = capsys.readouterr().out
+    assert "dry run: nothing changed" in printed and "would become champion" in printed
+    assert f"{hand_f1(project, better):.4f} vs champion {hand_f1(project, worse):.4f}" in printed
+    assert snapshot() == before
+
+
+@pytest.mark.slow
+def test_the_champion_is_not_judged_on_images_it_was_trained_on(project: Path, ranked: tuple[str, str],
+                                                                tmp_path: Path) -> None:
+    import mlflow
+
+    from catalog_classifier.layout import Project
+    from catalog_classifier.predict import write_classifier_dir
+    from catalog_classifier.registry import record_decision, register_challenger
+    from catalog_classifier.serving import TRAIN_MANIFEST, log_served_model
+    from catalog_classifier.stages.promote import inference_settings
+    from catalog_classifier.tracking import setup_mlflow
+
+    worse, better = ranked
+    name = "overlap"
+    test = pd.read_csv(project / "artifacts/splits/test.csv")
+    seen = sorted(test["image"].head(3))
+    with isolated_mlflow_env():
+        # A champion whose training manifest holds 3 of today's test images (as after a re-split).
+        proj = Project.load(project / "params.yaml", {"registry.model_name": name})
+        setup_mlflow(proj.params.mlflow, proj.root)
+        folder = write_classifier_dir(proj.weights(worse), tmp_path / "classifier", inference_settings(proj))
+        train = pd.read_csv(project / "artifacts/splits/train.csv")
+        pd.concat([train, test.head(3)]).to_csv(folder / TRAIN_MANIFEST, index=False)
+        run_id = json.loads((project / f"artifacts/models/{worse}/run.json").read_text())["run_id"]
+        with mlflow.start_run(run_id=run_id):
+            served = log_served_model(folder, split_images(project)[0])
+        version = register_challenger(client(project), name, served.model_uri, run_id, {}).version
+        record_decision(client(project), name, str(version), True, {"decision": "promoted", "reason": "setup"})
+
+    report = promote(project, name, tmp_path / "promotion.json", "--model", better)
+    rest = sorted(set(test["image"]) - set(seen))
+    assert report["excluded_images"] == seen
+    assert report["figures"]["n_excluded"] == 3 and report["figures"]["n_images"] == len(rest) == 4
+    assert report["figures"]["challenger_f1_macro"] == pytest.approx(hand_f1(project, better, rest), abs=1e-6)
+    assert report["figures"]["champion_f1_macro"] == pytest.approx(hand_f1(project, worse, rest), abs=1e-6)
+    assert version_tags(project, name, report["version"])["n_excluded"] == "3"
+
+
+@pytest.mark.slow
+def test_two_racing_promotes_leave_exactly_one_champion(project: Path, ranked: tuple[str, str],
+                                                       tmp_path: Path) -> None:
+    name = "race"
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    racers = [
+        subprocess.Popen([sys.executable, "-m", "catalog_classifier", "promote", "--model", ranked[1],
+                          *cli_args(project, name, registry__class_f1_floor=0,
+                                    registry__out_json=tmp_path / f"promotion-{racer}.json")],
+                         cwd=project, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for racer in range(2)
+    ]
+    outputs = [racer.communicate(timeout=900)[0] for racer in racers]
+    assert [racer.returncode for racer in racers] == [0, 0], outputs
+
+    registry = client(project)
+    versions = {str(v.version): v.tags for v in registry.search_model_versions(f"name='{name}'")}
+    assert sorted(versions) == ["1", "2"]
+    # Whoever took the lock first registered v1 and became champion; the other was judged against it.
+    assert aliases(project, name) == {"champion": "1", "challenger": "2"}
+    assert history(project, name) == ["1"]
+    assert versions["1"]["decision"] == "promoted" and versions["1"]["compared_with"] == "none"
+    assert versions["2"]["decision"] == "rejected" and versions["2"]["compared_with"] == "1"
+    assert versions["2"]["delta"] == "0.0"
