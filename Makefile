@@ -8,7 +8,7 @@ MLFLOW_PORT ?= 5000
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install data run repro test lint ui clean-venv
+.PHONY: help install data run repro test lint ui bench clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  make %-18s %s\n", $$1, $$2}'
@@ -30,6 +30,10 @@ run: data ## the whole pipeline on the real data: dvc repro (split -> train -> e
 
 test: data ## run the test suite (tiny configurations; includes a DVC pipeline on a subset)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
+
+bench: data ## speed: training/inference vs a naive loop and the matmul peak (BENCH_ARGS=--quick for a smoke run)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro split
+	$(BIN)/catalog-classifier bench $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check src tests flows

@@ -58,6 +58,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from catalog_classifier.layout import Project
+    from catalog_classifier.stages.bench import QUICK_OVERRIDES, run_bench
+
+    overrides = {**(QUICK_OVERRIDES if args.quick else {}), **dict(item.split("=", 1) for item in args.set or [])}
+    run_bench(Project.load(args.params, overrides), quick=args.quick)
+    return 0
+
+
 def cmd_check_data(args: argparse.Namespace) -> int:
     from catalog_classifier.catalogue import read_catalogue
     from catalog_classifier.quality import audit_catalogue, format_report
@@ -94,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("evaluate", cmd_evaluate, "score one trained model on validation and test").add_argument(
         "--model", required=True, help="timm model name, one of params.models")
     add("compare", cmd_compare, "side-by-side comparison of all models (Markdown + JSON)")
+    add("bench", cmd_bench, "speed: training and inference against a naive loop and the machine's peak "
+        "(JSON in bench.out_dir, MLflow run 'bench')").add_argument(
+        "--quick", action="store_true", help="a few images and steps, no compile: a smoke run, not a measurement")
     check = add("check-data", cmd_check_data, "print the data-quality report for any data folder")
     check.add_argument("path", help="data folder holding the catalogue CSV and the images folder")
     check.add_argument("--catalogue", help="catalogue CSV (default: <path>/<name of data.catalogue>)")
