@@ -9,7 +9,7 @@ SERVE_PORT ?= 5001
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install data run repro test lint ui tune serve pipeline-flow prefect-server retrain-schedule clean-venv
+.PHONY: help install data run repro test lint ui tune serve bench pipeline-flow prefect-server retrain-schedule clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  make %-18s %s\n", $$1, $$2}'
@@ -36,6 +36,10 @@ tune: data ## Optuna studies on train/val, resumable (FAMILY=mobilevitv2 N_TRIAL
 
 test: data ## run the test suite (tiny configurations; includes a DVC pipeline on a subset)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
+
+bench: data ## speed: training/inference vs a naive loop and the matmul peak (BENCH_ARGS=--quick for a smoke run)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro split
+	$(BIN)/catalog-classifier bench $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check src tests flows

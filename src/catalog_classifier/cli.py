@@ -121,6 +121,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from catalog_classifier.stages.serve import run_serve
 
     run_serve(_project(args), args.host, args.port)
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from catalog_classifier.layout import Project
+    from catalog_classifier.stages.bench import QUICK_OVERRIDES, run_bench
+
+    overrides = {**(QUICK_OVERRIDES if args.quick else {}), **dict(item.split("=", 1) for item in args.set or [])}
+    run_bench(Project.load(args.params, overrides), quick=args.quick)
     return 0
 
 
@@ -187,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = add("serve", cmd_serve, "serve the champion over HTTP with mlflow models serve (offline)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     serve.add_argument("--port", type=int, default=5001, help="port (default: %(default)s)")
+
+    add("bench", cmd_bench, "speed: training and inference against a naive loop and the machine's peak "
+        "(JSON in bench.out_dir, MLflow run 'bench')").add_argument(
+        "--quick", action="store_true", help="a few images and steps, no compile: a smoke run, not a measurement")
     check = add("check-data", cmd_check_data, "print the data-quality report for any data folder")
     check.add_argument("path", help="data folder holding the catalogue CSV and the images folder")
     check.add_argument("--catalogue", help="catalogue CSV (default: <path>/<name of data.catalogue>)")

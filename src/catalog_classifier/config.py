@@ -130,6 +130,35 @@ class ExplainParams(_Strict):
     shap: ShapParams
     faithfulness: FaithfulnessParams
 
+class BenchParams(_Strict):
+    """``make bench``: speed of the project's loops against a naive baseline and the machine's peak."""
+
+    out_dir: Path
+    models: list[str] = Field(default_factory=list)  # empty: the pipeline's models
+    n_images: int = Field(gt=0)
+    batch_size: int | None = Field(default=None, gt=0)
+    warmup_steps: int = Field(ge=1)
+    measure_steps: int = Field(ge=1)
+    inference_batch_sizes: list[int] = Field(min_length=1)
+    latency_warmup: int = Field(ge=0)
+    latency_repeats: int = Field(ge=1)
+    naive_num_workers: int = Field(ge=0)
+    matmul_size: int = Field(gt=0)
+    matmul_repeats: int = Field(ge=1)
+    compile: bool
+    compile_timeout_s: float = Field(gt=0)
+    fit_epochs: int | None = Field(default=None, gt=0)
+    frozen: bool
+    frozen_max_images: int | None = Field(default=None, gt=0)
+    seed: int
+
+    @field_validator("inference_batch_sizes")
+    @classmethod
+    def _positive(cls, sizes: list[int]) -> list[int]:
+        if any(size <= 0 for size in sizes):
+            raise ValueError("batch sizes must be positive")
+        return sizes
+
 
 class MlflowParams(_Strict):
     tracking_uri: str
@@ -292,6 +321,8 @@ class Params(_Strict):
     orchestration: OrchestrationParams
 
     registry: RegistryParams
+
+    bench: BenchParams
 
     @field_validator("models")
     @classmethod

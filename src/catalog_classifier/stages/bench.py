@@ -1,0 +1,188 @@
+"""Bench: speed of the project's training and inference against a naive loop and the machine's peak.
+
+Not a DVC stage on purpose: timings describe a machine at a moment, they are not reproducible outputs, and a
+cached result would be worse than none. ``make bench`` runs it; the report goes to ``bench.out_dir`` and to an
+MLflow run named ``bench`` in the project's experiment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from catalog_classifier.bench import (
+    DEFAULT_FIT_EPOCHS,
+    BenchSettings,
+    bench_model,
+    fit_settings_for_bench,
+    frozen_figures,
+    frozen_versus_full,
+    markdown_tables,
+    matmul_peak,
+    take_sample,
+)
+from catalog_classifier.data import decode_manifest
+from catalog_classifier.io import read_json, write_json, write_text
+from catalog_classifier.layout import Project
+from catalog_classifier.models import create_classifier
+from catalog_classifier.runtime import Runtime, resolve_runtime
+from catalog_classifier.split import SPLITS
+from catalog_classifier.stages.split import read_manifest
+from catalog_classifier.tracking import data_version, flatten, git_commit, metric_key, setup_mlflow
+from catalog_classifier.train import settings_from
+
+log = logging.getLogger(__name__)
+
+# --quick: every figure, computed on a few images and steps; for a smoke run, not for reading speed.
+QUICK_OVERRIDES: dict[str, Any] = {
+    "bench.n_images": 16,
+    "bench.batch_size": 8,
+    "bench.warmup_steps": 1,
+    "bench.measure_steps": 1,
+    "bench.inference_batch_sizes": [8],
+    "bench.latency_warmup": 1,
+    "bench.latency_repeats": 5,
+    "bench.matmul_size": 1024,
+    "bench.matmul_repeats": 2,
+    "bench.compile": False,
+    "bench.frozen_max_images": 24,
+}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(runtime: Runtime) -> dict[str, Any]:
+    return {"cpu": cpu_name(), "threads": runtime.threads, "bf16": runtime.bf16,
+            "channels_last": runtime.channels_last, "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
+            "loadavg_start": list(os.getloadavg())}
+
+
+def recorded_full_fit(project: Project, model_name: str) -> dict[str, Any]:
+    """Full fine-tuning figures of the last pipeline run, read from its outputs (None where absent)."""
+    figures: dict[str, Any] = {"fit_time_s": None, "test_f1_macro": None, "epochs_run": None,
+                               "train_metrics": str(project.train_metrics(model_name).relative_to(project.root)),
+                               "eval_metrics": str(project.eval_metrics(model_name).relative_to(project.root))}
+    if project.train_metrics(model_name).is_file():
+        train = read_json(project.train_metrics(model_name))
+        figures.update(fit_time_s=train.get("fit_time_s"), fit_cpu_time_s=train.get("fit_cpu_time_s"),
+                       epochs_run=train.get("epochs_run"), weights_used=train.get("weights_used"))
+    if project.eval_metrics(model_name).is_file():
+        figures["test_f1_macro"] = read_json(project.eval_metrics(model_name))["test"]["f1_macro"]
+    return figures
+
+
+def _frozen(project: Project, model_name: str, runtime: Runtime, n_train: int, n_val: int,
+            estimated_full_fit_s: float | None) -> dict[str, Any]:
+    params, bench = project.params, project.params.bench
+    torch.manual_seed(params.train.seed)
+    model, weights = create_classifier(
+        model_name, len(params.data.classes), weights=params.train.weights,
+        weights_file=params.train.weights_files.get(model_name),
+        allow_fallback=params.train.allow_random_fallback, image_size=params.train.image_size)
+    images_dir = project.path(params.data.images_dir)
+    splits = {}
+    for split in SPLITS:
+        manifest = read_manifest(project, split)
+        if bench.frozen_max_images is not None:
+            manifest = manifest.sample(n=min(bench.frozen_max_images, len(manifest)), random_state=bench.seed)
+        splits[split] = decode_manifest(manifest, images_dir, model.data_config)
+    log.info("%s: frozen backbone (cached features, head only; weights %s)", model_name, weights.used)
+    frozen = frozen_figures(model, splits, settings_from(params.train), runtime, params.train.seed,
+                            len(params.data.classes))
+    frozen["weights_used"] = weights.used
+    return frozen_versus_full(frozen, recorded_full_fit(project, model_name), n_train, n_val,
+                              estimated_full_fit_s)
+
+
+def numeric_leaves(prefix: str, tree: Any) -> dict[str, float]:
+    """Every number (and boolean, as 0/1) of a nested report, keyed by its path, for mlflow.log_metrics."""
+    if isinstance(tree, dict):
+        flat: dict[str, float] = {}
+        for key, value in tree.items():
+            flat.update(numeric_leaves(f"{prefix}/{key}" if prefix else str(key), value))
+        return flat
+    if isinstance(tree, bool | int | float):
+        return {metric_key(prefix): float(tree)}
+    return {}
+
+
+def run_bench(project: Project, quick: bool = False) -> dict[str, Any]:
+    """Measure every default model side by side; write JSON + Markdown and log them to MLflow."""
+    import mlflow
+
+    params, bench = project.params, project.params.bench
+    experiment_id = setup_mlflow(params.mlflow, project.root)  # fail fast before minutes of measuring
+    runtime = resolve_runtime(params.train.channels_last, params.train.bf16, params.train.num_threads)
+    models = bench.models or params.models
+    manifests = {split: read_manifest(project, split) for split in SPLITS}
+    n_train, n_val = len(manifests["train"]), len(manifests["val"])
+    images_dir = project.path(params.data.images_dir)
+    sample = take_sample(manifests["train"], images_dir, bench.n_images, bench.seed)
+    fit = fit_settings_for_bench(settings_from(params.train), bench.batch_size)
+    settings = BenchSettings(
+        fit=fit, warmup_steps=bench.warmup_steps, measure_steps=bench.measure_steps,
+        inference_batch_sizes=tuple(bench.inference_batch_sizes), latency_warmup=bench.latency_warmup,
+        latency_repeats=bench.latency_repeats, naive_num_workers=bench.naive_num_workers,
+        compile=bench.compile, compile_timeout_s=bench.compile_timeout_s, image_size=params.train.image_size,
+        seed=bench.seed,
+    )
+    started = time.perf_counter()
+    report: dict[str, Any] = {"quick": quick, "machine": machine_info(runtime)}
+    if report["machine"]["loadavg_start"][0] > runtime.threads / 2:
+        log.warning("load average %.1f on %d threads: other work competes for the cores, the figures will not "
+                    "represent this machine", report["machine"]["loadavg_start"][0], runtime.threads)
+    report["settings"] = {**bench.model_dump(mode="json"), "batch_size": fit.batch_size, "n_train": n_train,
+                          "n_val": n_val, "models": models, "sample_images": len(sample.manifest)}
+    log.info("matmul peak (%d x %d, %d threads)", bench.matmul_size, bench.matmul_size, runtime.threads)
+    report["peak"] = {name: matmul_peak(dtype, bench.matmul_size, bench.matmul_repeats)
+                      for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    report["models"] = {}
+    for model_name in models:
+        full = recorded_full_fit(project, model_name)
+        fit_epochs = bench.fit_epochs or full.get("epochs_run") or DEFAULT_FIT_EPOCHS
+        figures = bench_model(model_name, len(params.data.classes), sample, settings, runtime, report["peak"],
+                              n_train, n_val, fit_epochs)
+        if bench.frozen:
+            estimate = None
+            if full.get("epochs_run"):
+                first_batch = figures["inference"]["batched"][str(settings.inference_batch_sizes[0])]
+                estimate = full["epochs_run"] * (figures["training"]["project"]["epoch_s_extrapolated"]
+                                                 + n_val / first_batch["images_per_s"])
+            figures["frozen"] = _frozen(project, model_name, runtime, n_train, n_val, estimate)
+        report["models"][model_name] = figures
+    report["machine"]["loadavg_end"] = list(os.getloadavg())
+    report["wall_s"] = time.perf_counter() - started
+
+    out_dir = project.path(bench.out_dir) / ("quick" if quick else "")
+    table = markdown_tables(report)
+    write_json(out_dir / "bench.json", report)
+    write_text(out_dir / "bench.md", table)
+    tags = {"stage": "bench", "bench_mode": "quick" if quick else "full", "git_commit": git_commit(project.root),
+            "data_version": data_version(project.root), "cpu": report["machine"]["cpu"],
+            "threads": str(runtime.threads), "bf16": str(runtime.bf16)}
+    with mlflow.start_run(experiment_id=experiment_id, run_name="bench", tags=tags) as run:
+        mlflow.log_params({**flatten("bench", bench.model_dump(mode="json")), "quick": quick,
+                           "batch_size": fit.batch_size, "models": ",".join(models)})
+        mlflow.log_metrics({**numeric_leaves("peak", report["peak"]),
+                            **numeric_leaves("", report["models"])})
+        for name in ("bench.json", "bench.md"):
+            mlflow.log_artifact(str(out_dir / name), artifact_path="bench")
+        report_run_id = run.info.run_id
+    log.info("bench: %.0fs; %s (MLflow run %s)", report["wall_s"], out_dir / "bench.json", report_run_id)
+    print(table)
+    return report
