@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,17 @@ def _offline_hub() -> None:
     # Tests never reach a model hub; offline mode makes a hub attempt fail at once instead of retrying.
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(autouse=True)
+def _isolate_mlflow_uris() -> Iterator[None]:
+    """mlflow.set_tracking_uri (and setup_mlflow) export the store as environment variables; without this a
+    test's store leaks into later tests and into the stage subprocesses they start."""
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(name, None)
+    yield
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(name, None)
 
 
 @pytest.fixture(scope="session")
