@@ -347,11 +347,20 @@ def _set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _override_value(key: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise ParamsError(f"override {key}: value {value!r} is not valid YAML (quote it if it is a string)") from None
+
+
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
     """Return a copy of ``raw`` with ``{"train.lr": 0.1}``-style overrides applied (values parsed as YAML)."""
     tree = copy.deepcopy(raw)
     for key, value in (overrides or {}).items():
-        _set_dotted(tree, key, yaml.safe_load(value) if isinstance(value, str) else value)
+        _set_dotted(tree, key, _override_value(key, value))
     return tree
 
 
@@ -376,8 +385,16 @@ def read_raw_params(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"parameters file not found: {path}")
-    with path.open(encoding="utf-8") as handle:
-        raw = yaml.safe_load(handle)
+    try:
+        with path.open(encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ParamsError(f"{path} is not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path} is not UTF-8 ({err.reason}); re-save it as UTF-8") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path} must contain a mapping of sections")
     return raw
