@@ -55,8 +55,8 @@ def tiny_params(**train_overrides: Any) -> dict[str, Any]:
     params["models"] = list(TINY_MODELS)
     params["train"].update(
         weights="none", image_size=32, max_epochs=2, patience=1, batch_size=8, lr=0.003,
-        # One thread: on a loaded 2-core machine two OpenMP threads on tiny tensors run ~10x slower.
-        num_threads=1, **train_overrides
+        # One thread by default: on a loaded 2-core machine two OpenMP threads on tiny tensors run ~10x slower.
+        **{"num_threads": 1, **train_overrides}
     )
     params["evaluate"]["batch_size"] = 16
     return params
