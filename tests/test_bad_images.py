@@ -118,8 +118,6 @@ def test_sixteen_bit_rgb_and_rgba_keep_their_colour(tmp_path: Path) -> None:
     assert np.asarray(load_rgb(tmp_path / "rgba16.png")).tolist() == [[[255, 0, 0], [255, 255, 255]]]
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix in images.py: _to_rgb guesses the bit depth of I;16 images "
-                                       "from their brightest pixel, so a dark 16-bit photo is read as 8-bit")
 def test_dark_sixteen_bit_image_is_scaled_by_its_bit_depth_not_its_content(tmp_path: Path) -> None:
     # A night shot: nothing brighter than 255/65535. Its 8-bit rendering is black, not a mid-grey to white.
     dark = np.array([[0, 128, 255]], dtype=np.uint16)

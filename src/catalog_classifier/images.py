@@ -38,10 +38,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # Scale by the mode's bit depth, never by the content: a dark 16-bit night shot must stay dark.
+        # Mode "I" (32-bit int) is how PIL hands over 16-bit data from several formats, so it gets 16 bits too.
         array = np.asarray(image, dtype=np.float64)
-        peak = max(float(array.max()), 1.0)
-        scale = 255.0 / (65535.0 if peak > 255 else 255.0)
-        return Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8)).convert("RGB")
+        scale = 255.0 / 65535.0
+        return Image.fromarray(np.clip(array * scale, 0, 255).round().astype(np.uint8)).convert("RGB")
     return image.convert("RGB")
 
 
