@@ -82,8 +82,6 @@ def test_a_good_catalogue_in_either_format_reads_the_same(tmp_path: Path) -> Non
         ]
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix in catalogue.py: a UnicodeDecodeError's offset is relative to "
-                                       "pandas' read buffer, so the message gives a meaningless byte, not the line")
 def test_non_utf8_catalogue_names_the_offending_line(tmp_path: Path) -> None:
     # 40,000 good rows first: the bad byte is ~640 kB in, well past pandas' first read buffer.
     rows = "".join(f"img{i:05d}.jpg,{BABY}\n" for i in range(40000))

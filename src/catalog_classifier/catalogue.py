@@ -39,6 +39,17 @@ def first_category(tree: str, row_number: int) -> str:
     return label
 
 
+def _first_non_utf8_position(path: Path) -> tuple[int, int]:
+    """1-based line number and 0-based byte column of the first byte sequence that is not UTF-8."""
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return line_number, err.start
+    return 0, 0
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise CatalogueError(f"catalogue not found: {path}")
@@ -47,8 +58,11 @@ def _read_csv(path: Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     except UnicodeDecodeError as err:
+        # pandas decodes in chunks, so err.start is relative to its buffer: find the line ourselves.
+        line, column = _first_non_utf8_position(path)
         raise CatalogueError(
-            f"catalogue {path} is not UTF-8 (byte {err.start}: {err.reason}); re-save it as UTF-8"
+            f"catalogue {path} is not UTF-8 (line {line}, byte {column} of that line: {err.reason}); "
+            "re-save it as UTF-8"
         ) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error) as err:
         raise CatalogueError(f"catalogue {path} cannot be parsed as CSV: {err}") from None
