@@ -61,7 +61,9 @@ def setup_mlflow(mlflow_params: MlflowParams, project_root: Path) -> str:
     uri = resolve_tracking_uri(mlflow_params, project_root)
     check_server(uri)
     mlflow.set_tracking_uri(uri)
-    os.environ.setdefault("MLFLOW_REGISTRY_URI", uri)
+    # Registry beside the runs, unless MLFLOW_REGISTRY_URI says otherwise; set in-process, not exported, so a
+    # second project in the same process (tests, flows) does not inherit this one's registry.
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
     experiment = mlflow.get_experiment_by_name(mlflow_params.experiment)
     if experiment is None:
         try:
