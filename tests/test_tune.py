@@ -36,7 +36,7 @@ KILL_SCRIPT = """
 import os, signal, sys
 import catalog_classifier.tune as tune
 
-real_fit, calls = tune.fit, []
+real_fit, calls = tune.fit_model, []
 
 def fit(*args, on_epoch, **kwargs):
     calls.append(1)
@@ -48,7 +48,7 @@ def fit(*args, on_epoch, **kwargs):
 
     return real_fit(*args, on_epoch=hook, **kwargs)
 
-tune.fit = fit
+tune.fit_model = fit
 from catalog_classifier.cli import main
 sys.exit(main(["tune", "--family", "tiny"]))
 """

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from catalog_classifier.data import ImageSet, iterate_batches, to_float
-from catalog_classifier.models import Classifier
+from catalog_classifier.models import Classifier, freeze_backbone
 from catalog_classifier.runtime import Runtime
 from catalog_classifier.train import EpochCallback, FitResult, FitSettings, fit, macro_f1, predict_logits
 
@@ -119,3 +119,28 @@ def score_head(model: Classifier, features: ImageSet, runtime: Runtime, batch_si
     head = UnscaledHead(model.backbone.get_classifier())
     logits = predict_logits(head, features, batch_size, head_runtime(runtime))
     return macro_f1(features.labels.numpy(), logits.argmax(1).numpy(), num_classes)
+
+
+def fit_model(
+    model: Classifier,
+    train_images: ImageSet,
+    val_images: ImageSet,
+    settings: FitSettings,
+    runtime: Runtime,
+    generator: torch.Generator,
+    num_classes: int,
+    *,
+    frozen_backbone: bool,
+    on_epoch: EpochCallback | None = None,
+) -> FitResult:
+    """Full fine-tuning, or (``frozen_backbone``) the head alone on cached features.
+
+    Either way the result's ``fit_seconds`` / ``fit_cpu_seconds`` run from the first decoded batch to the trained
+    model (for the frozen mode: feature extraction included), so the two modes compare on one column.
+    """
+    if not frozen_backbone:
+        return fit(model, train_images, val_images, settings, runtime, generator, num_classes, on_epoch=on_epoch)
+    freeze_backbone(model)
+    frozen, _, _ = fit_frozen(model, train_images, val_images, settings, runtime, generator, num_classes,
+                              on_epoch=on_epoch)
+    return replace(frozen.fit, fit_seconds=frozen.fit_seconds, fit_cpu_seconds=frozen.fit_cpu_seconds)

@@ -26,9 +26,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from catalog_classifier.config import ParamsError, PrunerParams, TrainParams, TuneParams, TuneSpace
 from catalog_classifier.data import ImageSet, decode_manifest
-from catalog_classifier.models import DataConfig, create_classifier, freeze_backbone
+from catalog_classifier.frozen import fit_model
+from catalog_classifier.models import DataConfig, create_classifier
 from catalog_classifier.runtime import Runtime, seed_everything
-from catalog_classifier.train import FitResult, fit, settings_from
+from catalog_classifier.train import FitResult, settings_from
 
 log = logging.getLogger(__name__)
 
@@ -285,8 +286,6 @@ class Objective:
             weights_file=params.weights_files.get(model_name), allow_fallback=params.allow_random_fallback,
             image_size=params.image_size,
         )
-        if params.freeze_backbone:
-            freeze_backbone(model)
         train_images, val_images = self.images.get(model.data_config)
         self.tracker.annotate({"weights_used": weights.used, "weights_source": weights.source,
                                "input_size": "x".join(map(str, model.data_config.input_size))})
@@ -298,8 +297,10 @@ class Objective:
                 trial.set_user_attr("pruned_epoch", epoch)
                 raise optuna.TrialPruned(f"epoch {epoch}: val macro-F1 {row['val_f1_macro']:.4f} below the bar")
 
-        result: FitResult = fit(model, train_images, val_images, settings_from(params), self.runtime, generator,
-                                self.num_classes, on_epoch=on_epoch)
+        # Frozen-backbone trials train the head on cached features, exactly as the train stage would.
+        result: FitResult = fit_model(model, train_images, val_images, settings_from(params), self.runtime,
+                                      generator, self.num_classes, frozen_backbone=params.freeze_backbone,
+                                      on_epoch=on_epoch)
         for key, value in (("best_epoch", result.best_epoch), ("epochs_run", result.epochs_run),
                            ("fit_seconds", round(result.fit_seconds, 3))):
             trial.set_user_attr(key, value)

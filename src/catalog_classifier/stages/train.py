@@ -11,14 +11,15 @@ import torch
 
 from catalog_classifier.data import decode_manifest
 from catalog_classifier.evaluation import plot_curves
+from catalog_classifier.frozen import fit_model
 from catalog_classifier.io import read_json, write_csv, write_json
 from catalog_classifier.layout import Project
-from catalog_classifier.models import create_classifier, freeze_backbone, save_classifier
+from catalog_classifier.models import create_classifier, save_classifier
 from catalog_classifier.runtime import resolve_runtime, seed_everything
 from catalog_classifier.split import SPLITS
 from catalog_classifier.stages.split import read_manifest
 from catalog_classifier.tracking import data_version, flatten, git_commit, setup_mlflow
-from catalog_classifier.train import fit, history_columns, settings_from
+from catalog_classifier.train import history_columns, settings_from
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,6 @@ def run_train(project: Project, model_name: str) -> dict[str, Any]:
         allow_fallback=train_params.allow_random_fallback,
         image_size=train_params.image_size,
     )
-    if train_params.freeze_backbone:
-        freeze_backbone(model)
     images_dir = project.path(params.data.images_dir)
     decode_started = time.perf_counter()
     train_images = decode_manifest(read_manifest(project, "train"), images_dir, model.data_config)
@@ -77,8 +76,8 @@ def run_train(project: Project, model_name: str) -> dict[str, Any]:
             mlflow.log_metrics({"train/loss": row["train_loss"], "train/f1_macro": row["train_f1_macro"],
                                 "val/loss": row["val_loss"], "val/f1_macro": row["val_f1_macro"]}, step=epoch)
 
-        result = fit(model, train_images, val_images, settings_from(train_params), runtime, generator,
-                     len(classes), on_epoch=log_epoch)
+        result = fit_model(model, train_images, val_images, settings_from(train_params), runtime, generator,
+                           len(classes), frozen_backbone=train_params.freeze_backbone, on_epoch=log_epoch)
         model = model.to(memory_format=torch.contiguous_format)
         metrics = {
             "fit_time_s": round(result.fit_seconds, 3),

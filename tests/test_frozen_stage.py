@@ -1,0 +1,69 @@
+"""train.freeze_backbone: the train stage fits the head alone on cached features and saves a servable model."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+from conftest import tiny_params
+
+from catalog_classifier.data import ImageSet
+from catalog_classifier.frozen import fit_model
+from catalog_classifier.io import read_json
+from catalog_classifier.layout import Project
+from catalog_classifier.models import create_classifier, load_classifier
+from catalog_classifier.runtime import Runtime
+from catalog_classifier.stages.train import run_train
+from catalog_classifier.train import FitSettings
+
+FP32 = Runtime(threads=1, channels_last=False, bf16=False)
+
+
+def _tiny_set(n: int, seed: int) -> ImageSet:
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (n, 3, 32, 32), generator=generator, dtype=torch.uint8)
+    return ImageSet(pixels, torch.arange(3).repeat(n // 3), [f"{seed}-{i}" for i in range(n)])
+
+
+def test_fit_model_frozen_times_features_and_head_and_leaves_the_backbone_alone() -> None:
+    torch.manual_seed(0)
+    model, _ = create_classifier("resnet10t", 3, image_size=32)
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items() if not k.startswith("fc.")}
+    head_before = model.backbone.get_classifier().weight.detach().clone()
+    settings = FitSettings(max_epochs=2, patience=2, batch_size=4, optimizer="adamw", lr=0.05, weight_decay=0.0)
+
+    result = fit_model(model, _tiny_set(9, 1), _tiny_set(6, 2), settings, FP32, torch.Generator().manual_seed(3),
+                       3, frozen_backbone=True)
+
+    assert result.epochs_run == 2 and len(result.history) == 2
+    assert not torch.equal(model.backbone.get_classifier().weight, head_before)
+    after = model.backbone.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in backbone_before.items())  # BatchNorm statistics included
+    # Only the head is trainable afterwards (what the tune objective and the stage rely on).
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == {"backbone.fc.weight",
+                                                                                  "backbone.fc.bias"}
+
+
+def test_train_stage_in_frozen_mode_saves_a_model_whose_backbone_is_the_initial_one(
+        tmp_path: Path, tiny_pipeline: Path) -> None:
+    # The shared tiny pipeline's data and splits, a fresh output folder, freeze_backbone on.
+    root = tmp_path / "frozen"
+    root.mkdir()
+    (root / "data").symlink_to(tiny_pipeline / "data")
+    shutil.copytree(tiny_pipeline / "artifacts" / "splits", root / "artifacts" / "splits")
+    params = tiny_params(freeze_backbone=True, max_epochs=2, patience=2)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    project = Project.load(root / "params.yaml")
+
+    metrics = run_train(project, "resnet10t")
+
+    saved, _ = load_classifier(project.weights("resnet10t"))
+    torch.manual_seed(params["train"]["seed"])
+    initial, _ = create_classifier("resnet10t", len(params["data"]["classes"]), weights="none", image_size=32)
+    saved_state, initial_state = saved.backbone.state_dict(), initial.backbone.state_dict()
+    assert all(torch.equal(saved_state[k], v) for k, v in initial_state.items() if not k.startswith("fc."))
+    assert not torch.equal(saved_state["fc.weight"], initial_state["fc.weight"])
+    recorded = read_json(project.train_metrics("resnet10t"))
+    assert recorded == metrics and recorded["epochs_run"] == 2 and recorded["fit_time_s"] > 0
