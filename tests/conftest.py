@@ -53,12 +53,15 @@ def tiny_params(**train_overrides: Any) -> dict[str, Any]:
     """The real params.yaml, shrunk: two small timm models, 32 px, 2 epochs, no downloads."""
     params = real_params()
     params["models"] = list(TINY_MODELS)
-    params["train"].update(
-        weights="none", image_size=32, max_epochs=2, patience=1, batch_size=8, lr=0.003,
+    params["train"].update({
+        "weights": "none", "image_size": 32, "max_epochs": 2, "patience": 1, "batch_size": 8, "lr": 0.003,
         # One thread by default: on a loaded 2-core machine two OpenMP threads on tiny tensors run ~10x slower.
-        **{"num_threads": 1, **train_overrides}
-    )
+        "num_threads": 1,
+        **train_overrides,
+    })
     params["evaluate"]["batch_size"] = 16
+    params["evaluate"]["latency_warmup"] = 1
+    params["evaluate"]["latency_repeats"] = 3
     return params
 
 

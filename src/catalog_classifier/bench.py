@@ -37,9 +37,10 @@ import torch
 from torch import nn
 
 from catalog_classifier.bounded import run_bounded
-from catalog_classifier.data import ImageSet, decode_manifest, to_float
+from catalog_classifier.data import ImageSet, decode_manifest
 from catalog_classifier.images import load_rgb, resize_to_array
 from catalog_classifier.models import Classifier, DataConfig, create_classifier
+from catalog_classifier.predict import ImageClassifier, InferenceSettings, single_image_latency, time_calls
 from catalog_classifier.runtime import Runtime
 from catalog_classifier.train import FitSettings, create_optimizer, predict_logits, train_one_epoch
 
@@ -234,41 +235,9 @@ def time_inference(model: nn.Module, images: ImageSet, batch_size: int, runtime:
     return Timing(images=len(measured), seconds=time.perf_counter() - started)
 
 
-def local_predict_one(model: Classifier, runtime: Runtime) -> Callable[[Path], torch.Tensor]:
-    """One image file -> logits, the way a serving path does it: load_rgb, resize_to_array, forward.
-
-    Stands in for ``catalog_classifier.predict`` (built on another branch); once that module exists, pass its
-    single-image function to :func:`latency` instead, so the latency is that of the real predict path.
-    """
-    model.eval()
-    if runtime.channels_last:
-        model.to(memory_format=torch.channels_last)
-    size, interpolation = model.data_config.input_size, model.data_config.interpolation
-
-    def predict_one(path: Path) -> torch.Tensor:
-        pixels = torch.from_numpy(resize_to_array(load_rgb(path), size, interpolation)).unsqueeze(0)
-        with torch.inference_mode(), runtime.autocast():
-            return model(to_float(pixels, runtime.channels_last)).float()
-
-    return predict_one
-
-
 def preprocess_one(data_config: DataConfig) -> Callable[[Path], np.ndarray]:
-    """The decode + resize part of :func:`local_predict_one` alone, to split latency into its two parts."""
+    """The decode + resize part of the predict path alone, to split latency into its two parts."""
     return lambda path: resize_to_array(load_rgb(path), data_config.input_size, data_config.interpolation)
-
-
-def latency(call: Callable[[Path], Any], paths: Sequence[Path], warmup: int, repeats: int) -> dict[str, float]:
-    """p50/p95/mean milliseconds of ``call`` on one image at a time, cycling through ``paths``."""
-    for index in range(warmup):
-        call(paths[index % len(paths)])
-    times = []
-    for index in range(repeats):
-        started = time.perf_counter()
-        call(paths[index % len(paths)])
-        times.append((time.perf_counter() - started) * 1000.0)
-    return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
-            "mean_ms": float(np.mean(times)), "repeats": repeats}
 
 
 # --- torch.compile, bounded in a child process ----------------------------------------------------------------
@@ -437,12 +406,15 @@ def bench_model(
     for batch_size in settings.inference_batch_sizes:
         timing = time_inference(model, images, batch_size, runtime, settings.measure_steps)
         report["inference"]["batched"][str(batch_size)] = {**timing.to_dict(), "batch_size": batch_size}
-    predict_one = local_predict_one(model, runtime)
-    single = latency(predict_one, sample.paths, settings.latency_warmup, settings.latency_repeats)
+    classifier = ImageClassifier(model, {"classes": [str(i) for i in range(num_classes)],
+                                         **data_config.to_dict()},
+                                 InferenceSettings(channels_last=runtime.channels_last, bf16=runtime.bf16,
+                                                   num_threads=runtime.threads))
+    single = single_image_latency(classifier, sample.paths, settings.latency_warmup, settings.latency_repeats)
     target = LATENCY_P50_TARGETS_MS.get(model_name)
     report["inference"]["single_image"] = {
-        **single, "path": "load_rgb -> resize_to_array -> forward (bench.local_predict_one)",
-        "preprocess": latency(preprocess_one(data_config), sample.paths, 0, settings.latency_repeats),
+        **single, "path": "predict.ImageClassifier.predict_files (load_rgb, resize, forward, top-3)",
+        "preprocess": time_calls(preprocess_one(data_config), sample.paths, 0, settings.latency_repeats),
         "target_p50_ms": target, "meets_target": None if target is None else bool(single["p50_ms"] <= target),
     }
     log.info("%s: single-image p50 %.1f ms p95 %.1f ms", model_name, single["p50_ms"], single["p95_ms"])

@@ -100,6 +100,8 @@ class TrainParams(_Strict):
 class EvaluateParams(_Strict):
     out_dir: Path
     batch_size: int = Field(gt=0)
+    latency_warmup: int = Field(ge=0)
+    latency_repeats: int = Field(gt=0)
 
 
 class CompareParams(_Strict):

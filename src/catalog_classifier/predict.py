@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -172,3 +173,22 @@ def expand_paths(paths: Iterable[Path | str]) -> list[Path]:
         else:
             expanded.append(path)
     return expanded
+
+
+def time_calls(call: Callable[[Any], Any], items: Sequence[Any], warmup: int, repeats: int) -> dict[str, float]:
+    """p50/p95/mean milliseconds of ``call`` on one item at a time, cycling through ``items`` after a warmup."""
+    for index in range(warmup):
+        call(items[index % len(items)])
+    times = []
+    for index in range(repeats):
+        started = time.perf_counter()
+        call(items[index % len(items)])
+        times.append((time.perf_counter() - started) * 1000.0)
+    return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
+            "mean_ms": float(np.mean(times)), "repeats": repeats}
+
+
+def single_image_latency(classifier: ImageClassifier, paths: Sequence[Path], warmup: int,
+                         repeats: int) -> dict[str, float]:
+    """Milliseconds for one image file through the predict path (decode, resize, forward, top-3), as served."""
+    return time_calls(lambda path: classifier.predict_files([path]), list(paths), warmup, repeats)

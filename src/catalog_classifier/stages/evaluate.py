@@ -13,6 +13,7 @@ from catalog_classifier.evaluation import classification_metrics, plot_confusion
 from catalog_classifier.io import read_json, write_csv, write_json, write_text
 from catalog_classifier.layout import Project
 from catalog_classifier.models import load_classifier
+from catalog_classifier.predict import ImageClassifier, InferenceSettings, single_image_latency
 from catalog_classifier.runtime import resolve_runtime
 from catalog_classifier.stages.split import read_manifest
 from catalog_classifier.tracking import metric_key, setup_mlflow
@@ -23,6 +24,18 @@ def _inference_throughput(model: torch.nn.Module, images: Any, batch_size: int, 
     started = time.perf_counter()
     predict_logits(model, images, batch_size, runtime)
     return len(images) / (time.perf_counter() - started)
+
+
+def _single_image_latency(project: Project, model: torch.nn.Module, config: dict[str, Any],
+                          names: list[str]) -> dict[str, float]:
+    """p50/p95 ms of one test image at a time through the same predict path the served model uses."""
+    params = project.params
+    settings = InferenceSettings(batch_size=params.evaluate.batch_size, channels_last=params.train.channels_last,
+                                 bf16=params.train.bf16, num_threads=params.train.num_threads)
+    paths = [project.path(params.data.images_dir) / name for name in names]
+    timing = single_image_latency(ImageClassifier(model, config, settings), paths,
+                                  params.evaluate.latency_warmup, params.evaluate.latency_repeats)
+    return {"p50": round(timing["p50_ms"], 2), "p95": round(timing["p95_ms"], 2)}
 
 
 def run_evaluate(project: Project, model_name: str) -> dict[str, Any]:
@@ -52,6 +65,7 @@ def run_evaluate(project: Project, model_name: str) -> dict[str, Any]:
                            out_dir / "confusion.png")
             results["inference_images_per_s"] = round(
                 _inference_throughput(model, images, params.evaluate.batch_size, runtime), 2)
+            results["latency_ms"] = _single_image_latency(project, model, config, images.names)
     write_csv(out_dir / "predictions.csv", frames["test"])
     write_csv(out_dir / "val_predictions.csv", frames["val"])
     write_text(out_dir / "report.md", class_report_markdown(model_name, results, classes))
@@ -64,6 +78,7 @@ def run_evaluate(project: Project, model_name: str) -> dict[str, Any]:
             "val/f1_macro_final": results["val"]["f1_macro"], "val/accuracy": results["val"]["accuracy"],
             "test/f1_macro": results["test"]["f1_macro"], "test/accuracy": results["test"]["accuracy"],
             "inference_images_per_s": results["inference_images_per_s"],
+            "latency_p50_ms": results["latency_ms"]["p50"], "latency_p95_ms": results["latency_ms"]["p95"],
             **{metric_key(f"test/f1/{name}"): values["f1"] for name, values in results["test"]["per_class"].items()},
         })
         for name in ("metrics.json", "predictions.csv", "val_predictions.csv", "confusion.png", "report.md"):
