@@ -34,8 +34,9 @@ tune: data ## Optuna studies on train/val, resumable (FAMILY=mobilevitv2 N_TRIAL
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/catalog-classifier tune $(if $(FAMILY),--family $(FAMILY)) \
 		$(if $(N_TRIALS),--n-trials $(N_TRIALS)) $(if $(TIMEOUT),--timeout $(TIMEOUT))
 
-test: data ## run the test suite (tiny configurations; includes a DVC pipeline on a subset)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
+TEST_WORKERS ?= 2
+test: data ## run the test suite (tiny configurations, one pytest worker per core: TEST_WORKERS=2)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: data ## speed: training/inference vs a naive loop and the matmul peak (BENCH_ARGS=--quick for a smoke run)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro split
