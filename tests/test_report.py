@@ -208,7 +208,8 @@ def test_registry_section_shows_champion_aliases_and_every_decision(project: Pro
         "source_model": BARE, "figures": {"n_images": 7, "n_excluded": 0, "challenger_f1_macro": 0.48,
                                           "champion_f1_macro": 0.61, "delta": -0.13, "min_delta": 0.01}})
     _, page = render(project)
-    assert page.by_id["champion"].startswith(f"Champion: catalog-classifier v2 ({FULL}, macro-F1 0.61")
+    assert page.by_id["champion"] == (
+        f"Champion: catalog-classifier v2 ({FULL}, macro-F1 0.61 when promoted 2026-01-02 10:00 UTC).")
     assert page.by_id["champion-card"] == f"registry champion v2 {FULL}"
     section = page.by_id["registry"]
     assert "challenger → v3, champion → v2" in section and "(oldest first): v1 → v2" in section

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from catalog_classifier.io import read_json
-from catalog_classifier.registry import CHAMPION, HISTORY_TAG, LAST_EVENT_TAG
+from catalog_classifier.registry import CHALLENGER, CHAMPION, HISTORY_TAG, LAST_EVENT_TAG
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -190,6 +190,16 @@ def _timestamp(millis: int | None) -> str:
     if not millis:
         return MISSING_VALUE
     return datetime.fromtimestamp(millis / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def readable_time(iso: str | None, fallback: str = MISSING_VALUE) -> str:
+    """``2026-01-02T10:00:00+00:00`` (the registry's decided_at tags) in the page's own time format."""
+    if not iso:
+        return fallback
+    try:
+        return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except ValueError:
+        return iso
 
 
 def read_registry(client: MlflowClient, name: str) -> RegistryState:
@@ -422,7 +432,9 @@ def _overview(inputs: ReportInputs, rows: list[ComparisonRow], best: str) -> str
         champion = f"v{esc(registry.champion)}"
         champion_sub = esc(record.tags.get("source_model", "")) if record else ""
     else:
-        champion, champion_sub = "none", "no version has passed the gate yet"
+        challenger = registry.aliases.get(CHALLENGER)
+        champion = "none"
+        champion_sub = "no version has passed the gate yet" + (f"; challenger v{esc(challenger)}" if challenger else "")
     cards = [
         _card("usable images", f"{quality.get('usable_images', MISSING_VALUE):,}",
               f"of {quality.get('rows', MISSING_VALUE):,} catalogue rows"),
@@ -473,7 +485,7 @@ def _data_section(inputs: ReportInputs) -> str:
         ("images in duplicate groups", quality.get("images_in_duplicate_groups")),
         ("rows excluded", quality.get("excluded")),
     ]
-    facts = "".join(f"<tr><td>{esc(label)}</td><td>{esc(fmt(value))}</td></tr>" for label, value in issues)
+    facts = "".join(f"<tr><td>{esc(label)}</td><td>{esc(fmt(value, ','))}</td></tr>" for label, value in issues)
     splits = quality.get("split_class_counts") or {}
     split_names = [name for name in ("train", "val", "test") if name in splits]
     header = "".join(f"<th>{esc(name)}</th>" for name in split_names)
@@ -693,25 +705,26 @@ def _registry_section(inputs: ReportInputs) -> str:
         record = next((v for v in registry.versions if v.version == registry.champion), None)
         origin = (f" ({esc(record.tags.get('source_model', '?'))}, macro-F1 "
                   f"{esc(record.tags.get('challenger_f1_macro', MISSING_VALUE))} when promoted "
-                  f"{esc(record.tags.get('decided_at', ''))})") if record else ""
+                  f"{esc(readable_time(record.tags.get('decided_at'), record.created_at))})") if record else ""
         champion = f"Champion: <b>{esc(registry.model_name)} v{esc(registry.champion)}</b>{origin}."
     else:
         champion = f"No champion: no version of {esc(registry.model_name)} has passed the gate yet."
-    aliases = ", ".join(f"{_badge(alias, alias if alias in ('champion', 'challenger') else 'alias')} → "
+    aliases = ", ".join(f"{_badge(alias, alias if alias in (CHAMPION, CHALLENGER) else 'alias')} → "
                         f"v{esc(version)}" for alias, version in sorted(registry.aliases.items())) or "none"
     history = " → ".join(f"v{esc(v)}" for v in registry.champion_history) or "none yet"
     event = f" Last change: {esc(registry.last_event)}." if registry.last_event else ""
     rows = []
     for record in registry.versions:
         tags = record.tags
-        badges = " ".join(_badge(alias, alias if alias in ("champion", "challenger") else "alias")
+        badges = " ".join(_badge(alias, alias if alias in (CHAMPION, CHALLENGER) else "alias")
                           for alias in record.aliases)
         verdict = tags.get("decision", "")
         notes = "; ".join(text.format(tags[key]) for key, text in VERSION_NOTES if tags.get(key))
         rows.append(
             f'<tr data-version="{esc(record.version)}"><td>v{esc(record.version)} {badges}</td>'
             f"<td>{esc(tags.get('source_model', MISSING_VALUE))}</td>"
-            f"<td><code>{esc(record.run_id[:12])}</code></td><td>{esc(tags.get('decided_at', record.created_at))}</td>"
+            f"<td><code>{esc(record.run_id[:12])}</code></td>"
+            f"<td>{esc(readable_time(tags.get('decided_at'), record.created_at))}</td>"
             f"<td>{_badge(verdict, verdict) if verdict else MISSING_VALUE}</td>"
             f"<td>{esc(tags.get('challenger_f1_macro', MISSING_VALUE))}</td>"
             f"<td>{esc(tags.get('compared_with', MISSING_VALUE))}</td>"
