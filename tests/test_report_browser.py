@@ -45,15 +45,22 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@contextmanager
-def chromium() -> Iterator[Any]:
-    """One headless Chromium for one test."""
+@pytest.fixture(scope="session", autouse=True)
+def _browser_available() -> None:
+    """Checked before the session's tiny pipeline is built: a missing browser costs nothing to find out."""
     try:
-        from playwright.sync_api import sync_playwright
+        import playwright.sync_api  # noqa: F401
     except ImportError:
         _unavailable("the playwright package is not installed")
     if not CHROMIUM.is_file():
         _unavailable(f"{CHROMIUM} not found")
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """One headless Chromium for one test."""
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         try:
