@@ -7,9 +7,11 @@ STAMP := $(VENV)/.installed
 MLFLOW_PORT ?= 5000
 SERVE_PORT ?= 5001
 export PYTHONDONTWRITEBYTECODE := 1
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data run repro test lint ui tune serve bench pipeline-flow prefect-server retrain-schedule clean-venv
+.PHONY: help install data browser run report test lint ui tune serve bench pipeline-flow prefect-server \
+	retrain-schedule clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  make %-18s %s\n", $$1, $$2}'
@@ -26,16 +28,25 @@ install: $(STAMP) ## create .venv with the pinned dependencies and the package
 data: $(STAMP) ## fetch the pinned dataset version from the DVC remote (no-op when present)
 	$(BIN)/dvc pull data.dvc
 
-run: data ## the whole pipeline on the real data: dvc repro (split -> train -> evaluate -> compare -> promote)
+run: data ## the whole pipeline on the real data: dvc repro (split -> train -> evaluate -> ... -> promote -> report)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+report: data ## the HTML report of the latest run (artifacts/report/index.html, runs stale stages first)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro report
 
 tune: data ## Optuna studies on train/val, resumable (FAMILY=mobilevitv2 N_TRIALS=20 TIMEOUT=3600 optional)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro split
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/catalog-classifier tune $(if $(FAMILY),--family $(FAMILY)) \
 		$(if $(N_TRIALS),--n-trials $(N_TRIALS)) $(if $(TIMEOUT),--timeout $(TIMEOUT))
 
+# Debian's chromium package drives the browser tests (playwright's own browser downloads are never used).
+browser: ## headless Chromium for the browser tests (apt-get install chromium when missing)
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium; }
+	@chromium --version
+
 TEST_WORKERS ?= 2
-test: data ## run the test suite (tiny configurations, one pytest worker per core: TEST_WORKERS=2)
+test: data browser ## run the test suite (tiny configurations, one pytest worker per core: TEST_WORKERS=2)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: data ## speed: training/inference vs a naive loop and the matmul peak (BENCH_ARGS=--quick for a smoke run)

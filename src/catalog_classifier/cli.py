@@ -136,6 +136,7 @@ def _positive(kind: type) -> Callable[[str], Any]:
 
     return parse
 
+
 def cmd_promote(args: argparse.Namespace) -> int:
     from catalog_classifier.stages.promote import run_promote
 
@@ -163,6 +164,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from catalog_classifier.stages.serve import run_serve
 
     run_serve(_project(args), args.host, args.port)
+    return 0
+
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from catalog_classifier.layout import Project
@@ -170,6 +173,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     overrides = {**(QUICK_OVERRIDES if args.quick else {}), **dict(item.split("=", 1) for item in args.set or [])}
     run_bench(Project.load(args.params, overrides), quick=args.quick)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from catalog_classifier.stages.report import run_report
+
+    run_report(_project(args), log_to_mlflow=not args.no_log)
     return 0
 
 
@@ -194,8 +204,16 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
+MODEL_HELP = "timm model name, one of params.models"
+EPILOG = ("Pipeline stages first (dvc repro runs them in this order), then actions. Every command takes --params "
+          "FILE, --set KEY=VALUE (repeatable) and -v; the per-model stages take --model NAME. "
+          "`make help` lists the Makefile targets.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="catalog-classifier", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="catalog-classifier", epilog=EPILOG,
+        description="catalog-classifier: one command, one subcommand per pipeline stage or action.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
@@ -204,14 +222,37 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
+    # The DVC stages, in pipeline order.
     add("split", cmd_split, "audit the catalogue and write stratified train/val/test manifests")
     add("train", cmd_train, "train one model (early stopping) and record the run in MLflow").add_argument(
-        "--model", required=True, help="timm model name, one of params.models")
+        "--model", required=True, help=MODEL_HELP)
     add("evaluate", cmd_evaluate, "score one trained model on validation and test").add_argument(
-        "--model", required=True, help="timm model name, one of params.models")
+        "--model", required=True, help=MODEL_HELP)
     add("explain", cmd_explain, "Grad-CAM and SHAP explanations of one model, and their faithfulness").add_argument(
-        "--model", required=True, help="timm model name, one of params.models")
+        "--model", required=True, help=MODEL_HELP)
     add("compare", cmd_compare, "side-by-side comparison of all models (Markdown + JSON)")
+    promote = add("promote", cmd_promote,
+                  "register the best model as challenger; make it champion if it passes the gate")
+    promote.add_argument("--dry-run", action="store_true", help="print the decision, change nothing")
+    promote.add_argument("--model", help="a trained model of params.models (default: the best in the comparison)")
+    add("report", cmd_report, "one self-contained HTML page of the latest run, attached to each model's MLflow "
+        "run").add_argument(
+        "--no-log", action="store_true", help="write the page only; attach nothing to MLflow")
+
+    # Actions.
+    add("rollback", cmd_rollback, "move the champion alias back to the previous champion")
+    predict = add("predict", cmd_predict, "classify image files or folders with a registered model (CSV)")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    which = predict.add_mutually_exclusive_group()
+    which.add_argument("--version", help="registered model version (default: the champion)")
+    which.add_argument("--model-uri", dest="model", metavar="URI",
+                       help="any MLflow model URI of a served model, e.g. models:/NAME@challenger")
+    # The first spelling of --model-uri; hidden because everywhere else --model is one of params.models.
+    which.add_argument("--model", dest="model", help=argparse.SUPPRESS)
+    predict.add_argument("-o", "--output", help="CSV file to write (default: standard output)")
+    serve = add("serve", cmd_serve, "serve the champion over HTTP with mlflow models serve (offline)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=5001, help="port (default: %(default)s)")
     tune = add("tune", cmd_tune, "Optuna search per model family on train/val (resumable), tracked in MLflow")
     tune.add_argument("--family", action="append",
                       help="family of tune.families (repeatable; default: every family)")
@@ -222,22 +263,6 @@ def build_parser() -> argparse.ArgumentParser:
     add("tune-overrides", cmd_tune_overrides,
         "print a family's best tuned params as `dvc exp run` flags (pipe into: xargs dvc exp run)").add_argument(
         "--family", required=True, help="family of tune.families")
-
-    promote = add("promote", cmd_promote,
-                  "register the best model as challenger; make it champion if it passes the gate")
-    promote.add_argument("--dry-run", action="store_true", help="print the decision, change nothing")
-    promote.add_argument("--model", help="a trained model of params.models (default: the best in the comparison)")
-    add("rollback", cmd_rollback, "move the champion alias back to the previous champion")
-    predict = add("predict", cmd_predict, "classify image files or folders with a registered model (CSV)")
-    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
-    which = predict.add_mutually_exclusive_group()
-    which.add_argument("--version", help="registered model version (default: the champion)")
-    which.add_argument("--model", help="any MLflow model URI of a served model, e.g. models:/NAME@challenger")
-    predict.add_argument("-o", "--output", help="CSV file to write (default: standard output)")
-    serve = add("serve", cmd_serve, "serve the champion over HTTP with mlflow models serve (offline)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    serve.add_argument("--port", type=int, default=5001, help="port (default: %(default)s)")
-
     add("bench", cmd_bench, "speed: training and inference against a naive loop and the machine's peak "
         "(JSON in bench.out_dir, MLflow run 'bench')").add_argument(
         "--quick", action="store_true", help="a few images and steps, no compile: a smoke run, not a measurement")

@@ -309,6 +309,15 @@ class RegistryParams(_Strict):
         return name
 
 
+class ReportParams(_Strict):
+    """``catalog-classifier report``: the self-contained HTML page of the latest run."""
+
+    out_dir: Path
+    max_image_width: int = Field(ge=200)  # px: bigger figures are downscaled before they are embedded
+    png_max_kb: int = Field(gt=0)  # a figure whose PNG is bigger (photos, heatmaps) is embedded as JPEG instead
+    jpeg_quality: int = Field(ge=30, le=95)
+
+
 class Params(_Strict):
     data: DataParams
     split: SplitParams
@@ -325,6 +334,8 @@ class Params(_Strict):
     registry: RegistryParams
 
     bench: BenchParams
+
+    report: ReportParams
 
     @field_validator("models")
     @classmethod

@@ -93,3 +93,10 @@ class Project:
 
     def promotion_report(self) -> Path:
         return self.path(self.params.registry.out_json)
+
+    # report
+    def report_dir(self) -> Path:
+        return self.path(self.params.report.out_dir)
+
+    def report_page(self) -> Path:
+        return self.report_dir() / "index.html"

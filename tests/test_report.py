@@ -1,0 +1,281 @@
+"""The HTML report (catalog_classifier.report): values come from the stages' files, missing inputs are said or
+named, images are embedded, and the pipeline's report stage attaches the page to every model's MLflow run."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from conftest import TINY_MODELS, tiny_params
+from PIL import Image
+
+from catalog_classifier.layout import Project
+from catalog_classifier.report import (
+    EmbedSettings,
+    RegistryState,
+    ReportInputMissing,
+    VersionRecord,
+    collect,
+    embed_image,
+    render_html,
+)
+from catalog_classifier.stages.report import registry_state, write_report
+
+CLASSES = tiny_params()["data"]["classes"]
+FULL, BARE = TINY_MODELS  # FULL has every optional input, BARE only the required ones
+
+
+class Page(HTMLParser):
+    """Text of the elements carrying an id, a class or a data-model, and every <img>: enough to read a report."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.images: list[dict[str, str]] = []
+        self.cells: dict[tuple[str, str], str] = {}  # (data-model of the row, class of the cell) -> text
+        self.by_id: dict[str, str] = {}
+        self._row: str | None = None
+        self._open: list[tuple[str, str | None, str | None]] = []  # (tag, id, cell class)
+        self._text: dict[int, list[str]] = {}
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if tag == "img":
+            self.images.append({key: value or "" for key, value in attributes.items()})
+            return
+        if tag in ("br", "meta", "input"):
+            return
+        if tag == "tr":
+            self._row = attributes.get("data-model")
+        self._open.append((tag, attributes.get("id"), attributes.get("class") if tag == "td" else None))
+        self._text[len(self._open)] = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self._open or self._open[-1][0] != tag:
+            return
+        _, element_id, cell_class = self._open.pop()
+        text = " ".join("".join(self._text.pop(len(self._open) + 1)).split())
+        if self._open:
+            self._text[len(self._open)].append(text + " ")
+        if element_id:
+            self.by_id[element_id] = text
+        if cell_class and self._row:
+            self.cells[(self._row, cell_class)] = text
+
+    def handle_data(self, data: str) -> None:
+        if self._open:
+            self._text[len(self._open)].append(data)
+
+
+def png_bytes(width: int, height: int, noise: bool = False) -> bytes:
+    rng = np.random.default_rng(0)
+    pixels = (rng.integers(0, 256, (height, width, 3)) if noise
+              else np.full((height, width, 3), 200)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write(path: Path, payload: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(payload, bytes):
+        path.write_bytes(payload)
+    else:
+        path.write_text(payload if isinstance(payload, str) else json.dumps(payload), encoding="utf-8")
+    return path
+
+
+def eval_metrics(f1: float, latency: dict[str, float] | None) -> dict[str, Any]:
+    per_class = {name: {"f1": round(0.1 + 0.1 * i, 3), "precision": 0.5, "recall": 0.5, "support": 2}
+                 for i, name in enumerate(CLASSES)}
+    metrics = {"model": "m", "inference_images_per_s": 123.456,
+               "test": {"f1_macro": f1, "accuracy": 0.5, "per_class": per_class},
+               "val": {"f1_macro": 0.25, "accuracy": 0.3, "per_class": per_class}}
+    if latency:
+        metrics["latency_ms"] = latency
+    return metrics
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    """A project folder with hand-written stage outputs: FULL has everything, BARE lacks every optional input."""
+    root = tmp_path / "project"
+    write(root / "params.yaml", yaml.safe_dump(tiny_params(), sort_keys=False))
+    write(root / "artifacts/splits/quality.json", {
+        "rows": 44, "usable_images": 42, "missing_files": ["gone.jpg"], "unreadable_files": ["bad.jpg"],
+        "duplicate_group_count": 0, "images_in_duplicate_groups": 0, "excluded": 2,
+        "class_counts": dict.fromkeys(CLASSES, 6), "split_counts": {"train": 28, "val": 7, "test": 7},
+        "split_class_counts": {"train": dict.fromkeys(CLASSES, 4), "val": dict.fromkeys(CLASSES, 1),
+                               "test": dict.fromkeys(CLASSES, 1)}})
+    for model, f1, latency in ((FULL, 0.6123456, {"p50": 12.345, "p95": 20.06}), (BARE, 0.4876543, None)):
+        write(root / f"artifacts/models/{model}/train_metrics.json", {
+            "fit_time_s": 75.5, "fit_cpu_time_s": 140.0, "epochs_run": 4, "best_epoch": 2, "n_params": 4_900_000,
+            "weights_used": "random"})
+        write(root / f"artifacts/eval/{model}/metrics.json", eval_metrics(f1, latency))
+    write(root / f"artifacts/models/{FULL}/run.json", {"run_id": "abc", "experiment_id": "1"})
+    write(root / f"artifacts/history/{FULL}.csv",
+          "epoch,train_loss,train_f1_macro,val_loss,val_f1_macro,elapsed_s\n1,2.0,0.2,2.1,0.15,1\n2,1.5,0.4,1.8,0.3,2\n")
+    write(root / f"artifacts/eval/{FULL}/confusion.png", png_bytes(300, 260))
+    explain = root / f"artifacts/explain/{FULL}"
+    write(explain / "metrics.json", {
+        "n_images": 4, "gradcam": {"deletion_auc": 0.2, "deletion_auc_se": 0.01, "insertion_auc": 0.5,
+                                   "insertion_auc_se": 0.02},
+        "random": {"deletion_auc": 0.3, "deletion_auc_se": 0.01, "insertion_auc": 0.4, "insertion_auc_se": 0.02},
+        "gradcam_beats_random": {"deletion": True, "insertion": True}})
+    write(explain / "summary.json", {"named_missing": [], "local": [
+        {"figure": "figures/local/01_named_x.png", "image": "x.jpg", "kind": "named", "split": "test",
+         "true": CLASSES[0], "predicted": CLASSES[1], "probability": 0.8125}]})
+    write(explain / "figures/local/01_named_x.png", png_bytes(1200, 440, noise=True))
+    for name in ("gradcam_class_means.png", "shap_summary.png", "faithfulness.png"):
+        write(explain / "figures" / name, png_bytes(400, 300))
+    return Project.load(root / "params.yaml")
+
+
+def registry_with_champion() -> RegistryState:
+    versions = [
+        VersionRecord("3", "2026-01-03 10:00 UTC", "run3" * 4, {
+            "decision": "rejected", "reason": "does not beat champion v2 by 0.01", "source_model": BARE,
+            "challenger_f1_macro": "0.48", "compared_with": "2"}, ("challenger",)),
+        VersionRecord("2", "2026-01-02 10:00 UTC", "run2" * 4, {
+            "decision": "promoted", "reason": "beats champion v1 by 0.05", "source_model": FULL,
+            "challenger_f1_macro": "0.61", "decided_at": "2026-01-02T10:00:00+00:00", "previous_champion": "1"},
+            ("champion",)),
+        VersionRecord("1", "2026-01-01 10:00 UTC", "run1" * 4, {"decision": "promoted", "reason": "first model"}),
+    ]
+    return RegistryState("catalog-classifier", registered=True, aliases={"champion": "2", "challenger": "3"},
+                         champion_history=["1", "2"], last_event="2026-01-02 promote: champion 1 -> 2",
+                         versions=versions)
+
+
+def render(project: Project, registry: RegistryState | None = None) -> tuple[str, Page]:
+    text = render_html(collect(project, registry or registry_with_champion(), "now"), EmbedSettings())
+    return text, Page(text)
+
+
+def test_comparison_cells_are_the_metrics_files_values(project: Project) -> None:
+    text, page = render(project)
+    assert page.cells[(FULL, "f1-test")] == "0.6123" and page.cells[(BARE, "f1-test")] == "0.4877"
+    assert page.cells[(FULL, "f1-val")] == "0.2500"
+    assert page.cells[(FULL, "latency")] == "12.3 / 20.1"  # p50 / p95 ms from metrics.json latency_ms
+    assert page.cells[(BARE, "latency")] == "—"  # not measured: a dash, never 0
+    assert page.cells[(FULL, "fit-time")] == "1 min 16 s" and page.cells[(FULL, "epochs")] == "4 (2)"
+    assert page.cells[(FULL, "params")] == "4.90" and page.cells[(FULL, "throughput")] == "123.5"
+    assert page.cells[(FULL, "model")] == f"{FULL} best"  # highest test macro-F1, no comparison.json
+    assert "0.6123 against 0.4877" in page.by_id["overview"]
+    assert page.by_id["split-counts"].endswith("all classes 28 7 7 42")
+
+
+def test_missing_optional_inputs_are_said_and_the_page_still_renders(project: Project) -> None:
+    text, page = render(project)
+    root = project.root
+    assert f"Explanations of {BARE} are missing ({root}/artifacts/explain/{BARE}/metrics.json" in page.by_id[
+        "explanations"]
+    assert f"{BARE}: {root}/artifacts/eval/{BARE}/confusion.png is missing" in page.by_id["confusion"]
+    assert f"No learning curve for {BARE}: {root}/artifacts/history/{BARE}.csv is missing" in page.by_id["curves"]
+    assert "No promotion decision recorded for this run" in page.by_id["registry"]
+    # FULL's figures are there: its confusion matrix and its one local explanation.
+    assert [image.get("data-model") for image in page.images if image.get("class") == "confusion"] == [FULL]
+    local = [image for image in page.images if image.get("class") == "local"]
+    assert len(local) == 1 and "true Baby Care → predicted Beauty and Personal Care (p = 0.81)" in page.by_id[
+        "explanations"]
+
+
+def test_the_page_is_self_contained(project: Project) -> None:
+    text, page = render(project)
+    assert page.images and all(image["src"].startswith(("data:image/png;base64,", "data:image/jpeg;base64,"))
+                               for image in page.images)
+    lowered = text.lower()
+    assert "<script" not in lowered and "<link" not in lowered and "url(" not in lowered
+    assert "http://" not in lowered and "https://" not in lowered
+    for image in page.images:  # every data URI decodes to the image size the tag announces
+        payload = base64.b64decode(image["src"].split(",", 1)[1])
+        with Image.open(io.BytesIO(payload)) as decoded:
+            assert decoded.size == (int(image["width"]), int(image["height"]))
+
+
+def test_registry_section_shows_champion_aliases_and_every_decision(project: Project) -> None:
+    write(project.promotion_report(), {
+        "registered_model": "catalog-classifier", "version": "3", "decision": "rejected", "promote": False,
+        "reason": "does not beat champion v2 by 0.01", "champion_before": "2", "champion_after": "2",
+        "source_model": BARE, "figures": {"n_images": 7, "n_excluded": 0, "challenger_f1_macro": 0.48,
+                                          "champion_f1_macro": 0.61, "delta": -0.13, "min_delta": 0.01}})
+    _, page = render(project)
+    assert page.by_id["champion"] == (
+        f"Champion: catalog-classifier v2 ({FULL}, macro-F1 0.61 when promoted 2026-01-02 10:00 UTC).")
+    assert page.by_id["champion-card"] == f"registry champion v2 {FULL}"
+    section = page.by_id["registry"]
+    assert "challenger → v3, champion → v2" in section and "(oldest first): v1 → v2" in section
+    assert page.by_id["decision"].startswith(
+        f"rejected catalog-classifier v3 ({BARE}) — does not beat champion v2 by 0.01")
+    assert "champion before: v2, after: v2" in page.by_id["decision"]
+    assert "delta -0.1300" in page.by_id["decision"]
+    versions = page.by_id["versions"]
+    assert versions.index("v3 challenger") < versions.index("v2 champion") < versions.index("v1 ")
+    assert "beats champion v1 by 0.05 (replaced v1)" in versions
+
+
+def test_unreachable_registry_is_said_on_the_page(project: Project) -> None:
+    state = registry_state(project)  # no mlflow.db in this project: nothing tracked, nothing created
+    assert state.error and "no MLflow store" in state.error
+    assert not (project.root / "mlruns" / "mlflow.db").exists()
+    _, page = render(project, state)
+    assert page.by_id["registry-error"].startswith(f"Registry unreachable: {state.error}")
+    assert page.by_id["champion-card"] == "registry champion unknown registry unreachable"
+
+
+def test_missing_required_input_names_the_file(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    from catalog_classifier.cli import main
+
+    metrics = project.eval_metrics(BARE)
+    metrics.unlink()
+    with pytest.raises(ReportInputMissing, match=f"{metrics} \\(test metrics of {BARE}\\)"):
+        collect(project, RegistryState("x"))
+    assert main(["report", "--params", str(project.root / "params.yaml"), "--no-log"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"catalog-classifier report: error: the report needs {metrics} (test metrics of {BARE}); "
+        f"run `dvc repro evaluate@{BARE}` first")
+    assert not project.report_page().exists()
+
+
+def test_write_report_writes_one_page_without_temp_files(project: Project) -> None:
+    page = write_report(project, registry_with_champion())
+    assert page == project.root / "artifacts/report/index.html"
+    assert [path.name for path in page.parent.iterdir()] == ["index.html"]
+    assert Page(page.read_text(encoding="utf-8")).cells[(FULL, "f1-test")] == "0.6123"
+
+
+def test_images_are_downscaled_and_photos_become_jpeg() -> None:
+    settings = EmbedSettings(max_width=600, png_max_kb=50, jpeg_quality=80)
+    chart = embed_image(png_bytes(1200, 400), settings)
+    assert (chart.width, chart.height) == (600, 200) and chart.uri.startswith("data:image/png;base64,")
+    photo = embed_image(png_bytes(1200, 440, noise=True), settings)
+    assert (photo.width, photo.height) == (600, 220) and photo.uri.startswith("data:image/jpeg;base64,")
+    assert photo.n_bytes == len(base64.b64decode(photo.uri.split(",", 1)[1]))
+    small = embed_image(png_bytes(100, 50), settings)
+    assert (small.width, small.height) == (100, 50)  # never upscaled
+
+
+@pytest.mark.slow
+def test_pipeline_report_stage_wrote_the_page_and_attached_it_to_every_run(tiny_pipeline: Path,
+                                                                          tmp_path: Path) -> None:
+    page = tiny_pipeline / "artifacts/report/index.html"
+    parsed = Page(page.read_text(encoding="utf-8"))
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tiny_pipeline}/mlruns/mlflow.db")
+    for model in TINY_MODELS:
+        evaluated = json.loads((tiny_pipeline / f"artifacts/eval/{model}/metrics.json").read_text())
+        assert parsed.cells[(model, "f1-test")] == f"{evaluated['test']['f1_macro']:.4f}"
+        run_id = json.loads((tiny_pipeline / f"artifacts/models/{model}/run.json").read_text())["run_id"]
+        assert [item.path for item in client.list_artifacts(run_id, "report")] == ["report/index.html"]
+        assert client.get_run(run_id).info.status == "FINISHED"
+        attached = client.download_artifacts(run_id, "report/index.html", str(tmp_path / model))
+        assert Path(attached).read_bytes() == page.read_bytes()
+    lock = yaml.safe_load((tiny_pipeline / "dvc.lock").read_text())["stages"]["report"]
+    assert [out["path"] for out in lock["outs"]] == ["artifacts/report/index.html"]
