@@ -25,15 +25,25 @@ def _offline_hub() -> None:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
+def _forget_mlflow_uris() -> None:
+    from mlflow.tracking import _tracking_service
+    from mlflow.tracking._model_registry import utils as registry_utils
+
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(name, None)
+    # Both URIs are also kept in-process (module globals): MLflow has no public "unset" for the registry one.
+    _tracking_service.utils._tracking_uri = None
+    registry_utils._registry_uri = None
+
+
 @pytest.fixture(autouse=True)
 def _isolate_mlflow_uris() -> Iterator[None]:
-    """mlflow.set_tracking_uri (and setup_mlflow) export the store as environment variables; without this a
-    test's store leaks into later tests and into the stage subprocesses they start."""
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        os.environ.pop(name, None)
+    """mlflow.set_tracking_uri / set_registry_uri (called by setup_mlflow) keep the store in-process and export it
+    as environment variables; without this a test's store leaks into later tests in the same worker and into the
+    stage subprocesses they start (one project per process is the CLI's case, not the test session's)."""
+    _forget_mlflow_uris()
     yield
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        os.environ.pop(name, None)
+    _forget_mlflow_uris()
 
 
 @pytest.fixture(scope="session")

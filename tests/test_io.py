@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from catalog_classifier.io import atomic_open, read_json, write_json
+from catalog_classifier.io import CorruptFileError, atomic_open, read_json, write_json
 
 
 def test_failed_write_keeps_the_previous_content(tmp_path: Path) -> None:
@@ -37,3 +37,13 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_damaged_json_file_is_named_with_its_line(tmp_path: Path) -> None:
+    damaged = tmp_path / "metrics.json"
+    damaged.write_text('{\n  "f1": 0.5,\n  "acc": \n}\n', encoding="utf-8")
+    with pytest.raises(CorruptFileError, match=r"metrics.json is not valid JSON \(line 4, column 1: Expecting value\)"):
+        read_json(damaged)
+    damaged.write_bytes(b'{"label": "caf\xe9"}')
+    with pytest.raises(CorruptFileError, match=r"byte 14: not UTF-8"):
+        read_json(damaged)

@@ -76,5 +76,8 @@ def test_killed_and_failed_stages_leave_the_registry_as_it_was(tmp_path: Path, t
     # 2. A promote that fails on bad input (the comparison it reads is not JSON): exit 2, registry as it was.
     (root / "artifacts/comparison.json").write_text("{not json", encoding="utf-8")
     failed = run_cli(["promote"], cwd=root)
-    assert failed.returncode != 0 and "Traceback" not in failed.stderr, failed.stderr
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr
+    assert failed.stderr.strip() == (f"catalog-classifier promote: error: {root / 'artifacts/comparison.json'} is not "
+                                     "valid JSON (line 1, column 2: Expecting property name enclosed in double "
+                                     "quotes); rerun the stage that writes it (dvc repro, or dvc repro -f STAGE)")
     assert registry_snapshot(root) == before

@@ -268,7 +268,8 @@ def test_pipeline_report_stage_wrote_the_page_and_attached_it_to_every_run(tiny_
                                                                           tmp_path: Path) -> None:
     page = tiny_pipeline / "artifacts/report/index.html"
     parsed = Page(page.read_text(encoding="utf-8"))
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tiny_pipeline}/mlruns/mlflow.db")
+    store = f"sqlite:///{tiny_pipeline}/mlruns/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
     for model in TINY_MODELS:
         evaluated = json.loads((tiny_pipeline / f"artifacts/eval/{model}/metrics.json").read_text())
         assert parsed.cells[(model, "f1-test")] == f"{evaluated['test']['f1_macro']:.4f}"

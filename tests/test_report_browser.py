@@ -75,7 +75,8 @@ def test_report_in_chromium(tiny_pipeline: Path, tmp_path: Path) -> None:
     project = Project.load(tiny_pipeline / "params.yaml", {"report.out_dir": str(tmp_path / "report")})
     page_file = write_report(project)
     promotion = json.loads(project.promotion_report().read_text())
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tiny_pipeline}/mlruns/mlflow.db")
+    store = f"sqlite:///{tiny_pipeline}/mlruns/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
     champion = client.get_registered_model("catalog-classifier").aliases.get("champion")
 
     with chromium() as browser:

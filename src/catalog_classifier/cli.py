@@ -28,11 +28,12 @@ from catalog_classifier.interrupts import (
     mark_interrupted_run_killed,
     raise_terminated,
 )
+from catalog_classifier.io import CorruptFileError
 from catalog_classifier.registry import RegistryError
 from catalog_classifier.tracking import TrackingUnavailable
 
 EXPECTED_ERRORS = (ParamsError, CatalogueError, TrackingUnavailable, ImageLoadError, FileNotFoundError,
-                   RegistryError)
+                   RegistryError, CorruptFileError)
 EXIT_USAGE = 2
 
 

@@ -49,9 +49,20 @@ def write_json(target: Path | str, payload: Any) -> None:
         handle.write("\n")
 
 
+class CorruptFileError(ValueError):
+    """A file the pipeline reads back (metrics, records) exists but cannot be parsed."""
+
+
 def read_json(path: Path | str) -> Any:
-    with Path(path).open(encoding="utf-8") as handle:
-        return json.load(handle)
+    """Parsed JSON; a damaged file raises :class:`CorruptFileError` naming the file, the line and the fix."""
+    try:
+        with Path(path).open(encoding="utf-8") as handle:
+            return json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = f"line {err.lineno}, column {err.colno}: {err.msg}" if isinstance(err, json.JSONDecodeError) else (
+            f"byte {err.start}: not UTF-8")
+        raise CorruptFileError(f"{path} is not valid JSON ({where}); rerun the stage that writes it "
+                               "(dvc repro, or dvc repro -f STAGE)") from None
 
 
 def write_text(target: Path | str, text: str) -> None:
