@@ -61,8 +61,9 @@ def setup_mlflow(mlflow_params: MlflowParams, project_root: Path) -> str:
     uri = resolve_tracking_uri(mlflow_params, project_root)
     check_server(uri)
     mlflow.set_tracking_uri(uri)
-    # Registry beside the runs, unless MLFLOW_REGISTRY_URI says otherwise; set in-process, not exported, so a
-    # second project in the same process (tests, flows) does not inherit this one's registry.
+    # Registry beside the runs, unless MLFLOW_REGISTRY_URI says otherwise. Both set_* calls also export their URI
+    # (MLflow's design: subprocesses such as `mlflow models serve` inherit it), so a second project set up in the
+    # same process keeps the first one's store unless the two variables are cleared first (the tests do).
     mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
     experiment = mlflow.get_experiment_by_name(mlflow_params.experiment)
     if experiment is None:
