@@ -47,7 +47,7 @@ browser: ## headless Chromium for the browser tests (apt-get install chromium wh
 
 TEST_WORKERS ?= 2
 test: data browser ## run the test suite (tiny configurations, one pytest worker per core: TEST_WORKERS=2)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: data ## speed: training/inference vs a naive loop and the matmul peak (BENCH_ARGS=--quick for a smoke run)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro split

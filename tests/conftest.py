@@ -125,3 +125,18 @@ def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> sub
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+# Longest files first: with one pytest-xdist worker per core and --dist loadfile (--no-loadscope-reorder, which
+# would otherwise start with the files holding the most tests), the long DVC/server files start at once and the
+# many short unit tests fill in at the end, instead of one long file finishing alone on one core.
+LONGEST_FIRST = (
+    "test_flows.py", "test_faults.py", "test_registry.py", "test_serve.py", "test_explain_dvc.py", "test_tune.py",
+    "test_pipeline_dvc.py", "test_report_browser.py", "test_registry_faults.py", "test_bench.py",
+    "test_explain.py", "test_frozen_stage.py", "test_report.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file is kept
