@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import mlflow
 import pytest
 import yaml
 from conftest import REPO, make_tiny_project, run, tiny_params
+from server_helpers import free_port
 
 from catalog_classifier import dvc_ops
 from catalog_classifier.config import ParamsError
@@ -94,12 +94,6 @@ def mlflow_snapshot(root: Path) -> dict[str, Any]:
                       for m in client.search_registered_models()
                       for v in client.search_model_versions(f"name='{m.name}'"))
     return {"runs": runs, "registry": registry}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- fixtures

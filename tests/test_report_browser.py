@@ -9,13 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +19,7 @@ from typing import Any
 import mlflow
 import pytest
 from conftest import TINY_MODELS
+from server_helpers import free_port, stop_process_group, wait_until_answers
 
 from catalog_classifier.layout import Project
 
@@ -114,45 +110,12 @@ def test_report_in_chromium(tiny_pipeline: Path, tmp_path: Path) -> None:
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_for_health(url: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_STARTUP_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"mlflow server exited with {server.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as answer:
-                if answer.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"mlflow server not answering on {url} after {SERVER_STARTUP_S}s:\n{log.read_text()[-4000:]}")
-
-
-def _stop(server: subprocess.Popen) -> None:
-    """mlflow server runs uvicorn as a child: end the server's own process group, and only that."""
-    if server.poll() is not None:
-        return
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=30)
-
-
 def test_mlflow_ui_lists_both_models_runs(tiny_pipeline: Path, tmp_path: Path) -> None:
     database = tiny_pipeline / "mlruns" / "mlflow.db"
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{database}")
     experiment = client.get_experiment_by_name("catalog-classifier")
     n_runs = len(client.search_runs([experiment.experiment_id]))
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "mlflow-server.log"
     command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
@@ -161,7 +124,7 @@ def test_mlflow_ui_lists_both_models_runs(tiny_pipeline: Path, tmp_path: Path) -
     with chromium() as browser, log.open("w") as output:
         server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            _wait_for_health(url, server, log)
+            wait_until_answers(f"{url}/health", server, log, SERVER_STARTUP_S)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             # MLflow 3's experiment page opens on a GenAI overview: the runs table is the "Training runs" view.
             page.goto(f"{url}/#/experiments/{experiment.experiment_id}/runs")
@@ -170,5 +133,5 @@ def test_mlflow_ui_lists_both_models_runs(tiny_pipeline: Path, tmp_path: Path) -
             page.get_by_text(f"{n_runs} matching runs").wait_for(timeout=UI_TIMEOUT_MS)
             page.screenshot(path=str(tmp_path / "mlflow-ui.png"))
         finally:
-            _stop(server)
+            stop_process_group(server)
     assert (tmp_path / "mlflow-ui.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -6,56 +6,21 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 from registry_helpers import cli_args, eval_predictions, promote, split_images
+from server_helpers import free_port, stop_process_group, wait_until_answers
 
 pytestmark = pytest.mark.slow
 
 NAME = "serve"
 # Starting the server imports torch, timm and mlflow and loads the model: slow on a busy 2-core machine.
 STARTUP_TIMEOUT_S = 600
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_ping(url: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"the server exited with {server.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=5) as answer:
-                if answer.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(1)
-    pytest.fail(f"no answer on {url}/ping after {STARTUP_TIMEOUT_S}s:\n{log.read_text()[-4000:]}")
-
-
-def stop(server: subprocess.Popen) -> None:
-    """The server runs in its own process group (mlflow starts uvicorn as a child): end that group only."""
-    if server.poll() is not None:
-        return
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=30)
 
 
 def test_the_served_champion_classifies_a_posted_image(tiny_pipeline: Path, tmp_path: Path) -> None:
@@ -74,7 +39,7 @@ def test_the_served_champion_classifies_a_posted_image(tiny_pipeline: Path, tmp_
         server = subprocess.Popen(command, cwd=project, env=environment, stdout=log_handle,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for_ping(url, server, log)
+        wait_until_answers(f"{url}/ping", server, log, STARTUP_TIMEOUT_S, interval_s=1)
         body = {"dataframe_records": [{"image": base64.b64encode(image.read_bytes()).decode("ascii")},
                                       {"image": "not base64!"}]}
         request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
@@ -82,7 +47,7 @@ def test_the_served_champion_classifies_a_posted_image(tiny_pipeline: Path, tmp_
         with urllib.request.urlopen(request, timeout=300) as answer:
             predictions = json.loads(answer.read())["predictions"]
     finally:
-        stop(server)
+        stop_process_group(server)
 
     assert predictions[0]["label"] == expected["pred_label"]
     assert predictions[0]["probability"] == pytest.approx(expected["confidence"], abs=1e-5)
