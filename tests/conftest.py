@@ -94,17 +94,23 @@ def write_tiny_catalogue(data_dir: Path, real: Path, per_class: int) -> pd.DataF
 def make_tiny_project(root: Path, real: Path, per_class: int = 6, **train_overrides: Any) -> Path:
     """A self-contained copy of the project (code, dvc.yaml, tiny params, tiny data) under git and DVC."""
     root.mkdir(parents=True, exist_ok=True)
+    write_tiny_catalogue(root / "data", real, per_class)
+    return commit_project(root, tiny_params(**train_overrides), ["/mlruns", "/data"], "tiny project")
+
+
+def commit_project(root: Path, params: dict[str, Any], ignored: list[str], message: str) -> Path:
+    """The project's code and dvc.yaml with ``params`` under ``root`` (data already there), as a fresh git + DVC
+    repository with everything committed, so that ``dvc repro`` runs the real stages on it."""
     for name in ("dvc.yaml", "pyproject.toml"):
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    write_tiny_catalogue(root / "data", real, per_class)
     with (root / "params.yaml").open("w", encoding="utf-8") as handle:
-        yaml.safe_dump(tiny_params(**train_overrides), handle, sort_keys=False)
-    (root / ".gitignore").write_text("/mlruns\n/data\n", encoding="utf-8")
+        yaml.safe_dump(params, handle, sort_keys=False)
+    (root / ".gitignore").write_text("".join(f"{path}\n" for path in ignored), encoding="utf-8")
     run(["git", "init", "-q"], root)
     run(["dvc", "init", "-q"], root)
     run(["git", "add", "-A"], root)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny project"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], root)
     return root
 
 

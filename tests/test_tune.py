@@ -22,7 +22,7 @@ import numpy as np
 import optuna
 import pytest
 import yaml
-from conftest import REPO, run, tiny_params
+from conftest import REPO, commit_project, run, tiny_params
 from PIL import Image
 
 FAMILY = "tiny"
@@ -97,17 +97,7 @@ def make_colour_project(root: Path, per_class: int = 12) -> Path:
             Image.fromarray(pixels).save(root / "data" / "Images" / f"{label}_{index:02d}.png")
             rows.append(f"{label}_{index:02d}.png,{label}")
     (root / "data" / "catalogue.csv").write_text("image,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    for name in ("dvc.yaml", "pyproject.toml"):
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    with (root / "params.yaml").open("w", encoding="utf-8") as handle:
-        yaml.safe_dump(tune_params(), handle, sort_keys=False)
-    (root / ".gitignore").write_text("/mlruns\n/data\n/artifacts\n", encoding="utf-8")
-    run(["git", "init", "-q"], root)
-    run(["dvc", "init", "-q"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "colour project"], root)
-    return root
+    return commit_project(root, tune_params(), ["/mlruns", "/data", "/artifacts"], "colour project")
 
 
 def subprocess_env() -> dict[str, str]:
