@@ -170,7 +170,7 @@ def version_tags(project: Path, name: str, version: str) -> dict[str, str]:
 @pytest.mark.slow
 def test_the_pipeline_promote_stage_registered_and_judged_the_best_model(project: Path) -> None:
     report = repro_promotion(project)
-    best = json.loads((project / "artifacts/comparison.json").read_text())["best_by_test_f1_macro"]
+    best = json.loads((project / "artifacts/comparison.json").read_text())["selected"]
     assert report["source_model"] == best and report["version"] == "1" and report["champion_before"] is None
     assert report["figures"]["challenger_f1_macro"] == pytest.approx(hand_f1(project, best), abs=1e-6)
     weakest = min(report["figures"]["challenger_class_f1"].values())

@@ -93,12 +93,12 @@ def write(path: Path, payload: Any) -> Path:
     return path
 
 
-def eval_metrics(f1: float, latency: dict[str, float] | None) -> dict[str, Any]:
+def eval_metrics(f1: float, latency: dict[str, float] | None, val_f1: float = 0.25) -> dict[str, Any]:
     per_class = {name: {"f1": round(0.1 + 0.1 * i, 3), "precision": 0.5, "recall": 0.5, "support": 2}
                  for i, name in enumerate(CLASSES)}
     metrics = {"model": "m", "inference_images_per_s": 123.456,
                "test": {"f1_macro": f1, "accuracy": 0.5, "per_class": per_class},
-               "val": {"f1_macro": 0.25, "accuracy": 0.3, "per_class": per_class}}
+               "val": {"f1_macro": val_f1, "accuracy": 0.3, "per_class": per_class}}
     if latency:
         metrics["latency_ms"] = latency
     return metrics
@@ -115,11 +115,13 @@ def project(tmp_path: Path) -> Project:
         "class_counts": dict.fromkeys(CLASSES, 6), "split_counts": {"train": 28, "val": 7, "test": 7},
         "split_class_counts": {"train": dict.fromkeys(CLASSES, 4), "val": dict.fromkeys(CLASSES, 1),
                                "test": dict.fromkeys(CLASSES, 1)}})
-    for model, f1, latency in ((FULL, 0.6123456, {"p50": 12.345, "p95": 20.06}), (BARE, 0.4876543, None)):
+    # FULL leads on test, BARE on validation: the page must select BARE (selection never looks at test).
+    for model, f1, val_f1, latency in ((FULL, 0.6123456, 0.25, {"p50": 12.345, "p95": 20.06}),
+                                       (BARE, 0.4876543, 0.375, None)):
         write(root / f"artifacts/models/{model}/train_metrics.json", {
             "fit_time_s": 75.5, "fit_cpu_time_s": 140.0, "epochs_run": 4, "best_epoch": 2, "n_params": 4_900_000,
             "weights_used": "random"})
-        write(root / f"artifacts/eval/{model}/metrics.json", eval_metrics(f1, latency))
+        write(root / f"artifacts/eval/{model}/metrics.json", eval_metrics(f1, latency, val_f1))
     write(root / f"artifacts/models/{FULL}/run.json", {"run_id": "abc", "experiment_id": "1"})
     write(root / f"artifacts/history/{FULL}.csv",
           "epoch,train_loss,train_f1_macro,val_loss,val_f1_macro,elapsed_s\n1,2.0,0.2,2.1,0.15,1\n2,1.5,0.4,1.8,0.3,2\n")
@@ -168,8 +170,10 @@ def test_comparison_cells_are_the_metrics_files_values(project: Project) -> None
     assert page.cells[(BARE, "latency")] == "—"  # not measured: a dash, never 0
     assert page.cells[(FULL, "fit-time")] == "1 min 16 s" and page.cells[(FULL, "epochs")] == "4 (2)"
     assert page.cells[(FULL, "params")] == "4.90" and page.cells[(FULL, "throughput")] == "123.5"
-    assert page.cells[(FULL, "model")] == f"{FULL} best"  # highest test macro-F1, no comparison.json
-    assert "0.6123 against 0.4877" in page.by_id["overview"]
+    # No comparison.json: the page applies the selection rule itself, on validation macro-F1, not test.
+    assert page.cells[(BARE, "model")] == f"{BARE} selected" and page.cells[(FULL, "model")] == FULL
+    assert "selected on validation macro-F1 (0.3750 against 0.2500" in page.by_id["overview"]
+    assert "it scores 0.4877 against 0.6123 (-0.1247)" in page.by_id["overview"]
     assert page.by_id["split-counts"].endswith("all classes 28 7 7 42")
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 
 from catalog_classifier.io import read_json
 from catalog_classifier.registry import CHALLENGER, CHAMPION, HISTORY_TAG, LAST_EVENT_TAG
+from catalog_classifier.selection import SELECTION_RULE, select_candidate
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -264,12 +265,13 @@ def comparison_rows(models: list[ModelInputs]) -> list[ComparisonRow]:
 
 
 def best_model(inputs: ReportInputs) -> str:
-    """The compare stage's pick when it ran (it is what promote registered), else the best test macro-F1."""
+    """The compare stage's pick when it ran (it is what promote registered), else the same rule applied here."""
     names = [model.name for model in inputs.models]
-    chosen = (inputs.comparison or {}).get("best_by_test_f1_macro")
+    chosen = (inputs.comparison or {}).get("selected")
     if chosen in names:
         return chosen
-    return max(comparison_rows(inputs.models), key=lambda row: row.test_f1_macro).model
+    return select_candidate([{"model": row.model, "val_f1_macro": row.val_f1_macro or 0.0,
+                              "n_params": row.n_params or 0} for row in comparison_rows(inputs.models)])
 
 
 def fmt(value: Any, spec: str = "") -> str:
@@ -440,7 +442,8 @@ def _overview(inputs: ReportInputs, rows: list[ComparisonRow], best: str) -> str
               f"of {quality.get('rows', MISSING_VALUE):,} catalogue rows"),
         _card("train / val / test", " / ".join(str(counts.get(split, MISSING_VALUE))
                                                for split in ("train", "val", "test")), "images per split"),
-        _card("best model (test macro-F1)", esc(best), f"macro-F1 {best_row.test_f1_macro:.4f}", "best-model"),
+        _card("selected model (validation macro-F1)", esc(best),
+              f"val {fmt(best_row.val_f1_macro, '.4f')} · test {best_row.test_f1_macro:.4f}", "best-model"),
         _card("registry champion", champion, champion_sub, "champion-card"),
     ]
     return f'<div class="cards">{"".join(cards)}</div>{_story(rows, best)}'
@@ -450,12 +453,14 @@ def _story(rows: list[ComparisonRow], best: str) -> str:
     """Two or three sentences a reader can take away without reading the tables."""
     if len(rows) < 2:
         return ""
-    ranked = sorted(rows, key=lambda row: row.test_f1_macro, reverse=True)
+    ranked = sorted(rows, key=lambda row: row.val_f1_macro or 0.0, reverse=True)
     leader = next(row for row in rows if row.model == best)
     runner = next(row for row in ranked if row.model != best)
-    lines = [f"<b>{esc(leader.model)}</b> leads on test macro-F1 ({leader.test_f1_macro:.4f} against "
-             f"{runner.test_f1_macro:.4f} for {esc(runner.model)}, "
-             f"{leader.test_f1_macro - runner.test_f1_macro:+.4f})."]
+    lines = [f"<b>{esc(leader.model)}</b> is selected on validation macro-F1 "
+             f"({fmt(leader.val_f1_macro, '.4f')} against {fmt(runner.val_f1_macro, '.4f')} for "
+             f"{esc(runner.model)}); on the test split, which chose nothing, it scores "
+             f"{leader.test_f1_macro:.4f} against {runner.test_f1_macro:.4f} "
+             f"({leader.test_f1_macro - runner.test_f1_macro:+.4f})."]
     sized = [row for row in rows if row.n_params]
     if len(sized) >= 2:
         small = min(sized, key=lambda row: row.n_params)
@@ -522,7 +527,7 @@ def _comparison_section(rows: list[ComparisonRow], best: str) -> str:
                    else f"{row.latency_p50_ms:.1f} / {fmt(row.latency_p95_ms, '.1f')}")
         epochs = MISSING_VALUE if row.epochs_run is None else f"{row.epochs_run} ({fmt(row.best_epoch)})"
         cells = [
-            f'<td class="model">{esc(row.model)}{" " + _badge("best", "best") if is_best else ""}</td>',
+            f'<td class="model">{esc(row.model)}{" " + _badge("selected", "best") if is_best else ""}</td>',
             f'<td class="f1-test">{row.test_f1_macro:.4f}</td>',
             f'<td class="f1-val">{fmt(row.val_f1_macro, ".4f")}</td>',
             f'<td class="accuracy">{fmt(row.test_accuracy, ".4f")}</td>',
@@ -536,7 +541,9 @@ def _comparison_section(rows: list[ComparisonRow], best: str) -> str:
         ]
         css = ' class="best"' if is_best else ""
         body.append(f'<tr data-model="{esc(row.model)}"{css}>{"".join(cells)}</tr>')
-    note = ("<p class='note'>Macro-F1 and accuracy on the test split (never seen in training or model selection); "
+    note = (f"<p class='note'>Selection: {esc(SELECTION_RULE)}. The promotion gate then scores the selected model "
+            "and the champion on test images neither was trained on. Test macro-F1 and accuracy are reported, "
+            "never used to choose; "
             "fit time is wall-clock time of the whole fit, early stopping included; throughput is batched "
             "inference, latency one image at a time through the served predict path.</p>")
     return (f'<table id="comparison-table"><thead><tr>{header}</tr></thead><tbody>{"".join(body)}</tbody>'

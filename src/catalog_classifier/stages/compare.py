@@ -1,4 +1,4 @@
-"""Compare stage: the models side by side (test/val macro-F1, fit time, epochs, size, speed)."""
+"""Compare stage: the models side by side, and the candidate for promotion, chosen on validation macro-F1."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ from typing import Any
 
 from catalog_classifier.io import read_json, write_json, write_text
 from catalog_classifier.layout import Project
+from catalog_classifier.selection import SELECTION_METRIC, SELECTION_RULE, select_candidate
 
 COMPARISON_COLUMNS = [
-    ("test macro-F1", "test_f1_macro", "{:.4f}"),
-    ("val macro-F1", "val_f1_macro", "{:.4f}"),
+    ("val macro-F1 (selects)", "val_f1_macro", "{:.4f}"),
+    ("test macro-F1 (reported)", "test_f1_macro", "{:.4f}"),
     ("test accuracy", "test_accuracy", "{:.4f}"),
     ("fit time (s)", "fit_time_s", "{:.0f}"),
     ("fit CPU time (s)", "fit_cpu_time_s", "{:.0f}"),
@@ -29,22 +30,24 @@ def run_compare(project: Project) -> dict[str, Any]:
         rows.append({
             "model": model_name,
             "test_f1_macro": round(evaluated["test"]["f1_macro"], 4),
-            "val_f1_macro": round(evaluated["val"]["f1_macro"], 4),
+            "val_f1_macro": round(evaluated["val"]["f1_macro"], 6),
             "test_accuracy": round(evaluated["test"]["accuracy"], 4),
             "fit_time_s": round(trained["fit_time_s"], 1),
             "fit_cpu_time_s": round(trained["fit_cpu_time_s"], 1),
             "epochs_run": trained["epochs_run"],
             "best_epoch": trained["best_epoch"],
             "epochs": f"{trained['epochs_run']} ({trained['best_epoch']})",
+            "n_params": trained["n_params"],
             "params_m": round(trained["n_params"] / 1e6, 2),
             "inference_images_per_s": evaluated["inference_images_per_s"],
             "weights_used": trained["weights_used"],
         })
-    best = max(rows, key=lambda row: row["test_f1_macro"])
-    summary = {"models": rows, "best_by_test_f1_macro": best["model"]}
+    selected = select_candidate(rows)
+    summary = {"models": rows, "selected": selected, "selected_by": SELECTION_METRIC,
+               "selection_rule": SELECTION_RULE}
     write_json(project.path(project.params.compare.out_json), summary)
-    write_text(project.path(project.params.compare.out_md), comparison_markdown(rows, best["model"]))
-    print(comparison_markdown(rows, best["model"]))
+    write_text(project.path(project.params.compare.out_md), comparison_markdown(rows, selected))
+    print(comparison_markdown(rows, selected))
     return summary
 
 
@@ -54,5 +57,5 @@ def comparison_markdown(rows: list[dict[str, Any]], best_model: str) -> str:
     for row in rows:
         cells = [fmt.format(row[key]) for _, key, fmt in COMPARISON_COLUMNS]
         lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
-    lines += ["", f"Best on test macro-F1: **{best_model}**.", ""]
+    lines += ["", f"Selected for promotion: **{best_model}** ({SELECTION_RULE}).", ""]
     return "\n".join(lines)

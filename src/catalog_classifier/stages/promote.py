@@ -1,6 +1,6 @@
 """Promote stage: register the pipeline's best model as the ``challenger`` and let the gate decide on ``champion``.
 
-The challenger is the model the compare stage ranks first. Both it and the current champion are run, each
+The challenger is the model the compare stage selected on validation macro-F1 (never on test). Both it and the current champion are run, each
 with its own stored preprocessing, on the same images: today's test split minus the champion's training
 images. The rule itself is :func:`catalog_classifier.gate.decide`; the registry writes are in
 :mod:`catalog_classifier.registry`. ``dry_run`` scores and decides but logs, registers and writes nothing.
@@ -30,6 +30,7 @@ from catalog_classifier.registry import (
     rollback,
     version_tags,
 )
+from catalog_classifier.selection import selected_model
 from catalog_classifier.serving import TRAIN_MANIFEST, load_served_model, log_served_model
 from catalog_classifier.stages.split import read_manifest
 from catalog_classifier.tracking import data_version, git_commit, setup_mlflow
@@ -91,12 +92,12 @@ def judge(project: Project, challenger: ImageClassifier, model_name: str, champi
 
 
 def run_promote(project: Project, dry_run: bool = False, model_name: str | None = None) -> dict[str, Any]:
-    """Register the best model (or ``model_name``) as challenger, apply the gate, move ``champion`` if it passes."""
+    """Register the selected model (or ``model_name``) as challenger, apply the gate, move ``champion`` if it passes."""
     import mlflow
 
     params = project.params
     name = params.registry.model_name
-    model_name = model_name or read_json(project.comparison())["best_by_test_f1_macro"]
+    model_name = model_name or selected_model(read_json(project.comparison()), project.comparison())
     if model_name not in params.models:
         raise ParamsError(f"{model_name!r} is not one of params.models ({', '.join(params.models)})")
     run_id = read_json(project.run_record(model_name))["run_id"]
