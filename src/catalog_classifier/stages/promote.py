@@ -1,9 +1,9 @@
-"""Promote stage: register the pipeline's best model as the ``challenger`` and let the gate decide on ``champion``.
+"""Promote stage: register the pipeline's selected model as the ``challenger``; the gate decides on ``champion``.
 
-The challenger is the model the compare stage selected on validation macro-F1 (never on test). Both it and the current champion are run, each
-with its own stored preprocessing, on the same images: today's test split minus the champion's training
-images. The rule itself is :func:`catalog_classifier.gate.decide`; the registry writes are in
-:mod:`catalog_classifier.registry`. ``dry_run`` scores and decides but logs, registers and writes nothing.
+The challenger is the model the compare stage selected on validation macro-F1 (never on test). Both it and the
+current champion are run, each with its own stored preprocessing, on the same images: today's test split minus
+the champion's training images. The rule itself is :func:`catalog_classifier.gate.decide`; the registry writes
+are in :mod:`catalog_classifier.registry`. ``dry_run`` scores and decides but logs, registers and writes nothing.
 """
 
 from __future__ import annotations
