@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from catalog_classifier.models import create_classifier, freeze_backbone, load_classifier, save_classifier
+from catalog_classifier.pretrained import WeightsError
 
 
 def test_preprocessing_comes_from_each_models_own_config() -> None:
@@ -29,7 +30,8 @@ def test_imagenet_weights_load_from_a_local_file(tmp_path: Path) -> None:
     path = tmp_path / "resnet10t_imagenet.safetensors"
     save_file(weights, str(path))
     model, info = create_classifier("resnet10t", 7, weights="imagenet", weights_file=path)
-    assert (info.used, info.source) == ("imagenet", f"file:{path}")
+    assert (info.used, info.source, info.kind) == ("imagenet", f"file:{path}", "file")
+    assert info.tensors_loaded == len(weights) - 2  # every tensor but the 1000-class head's weight and bias
     loaded = model.backbone.state_dict()
     torch.testing.assert_close(loaded["conv1.0.weight"], weights["conv1.0.weight"])
     torch.testing.assert_close(loaded["layer4.0.conv1.weight"], weights["layer4.0.conv1.weight"])
@@ -46,7 +48,7 @@ def test_unavailable_hub_falls_back_only_when_allowed(caplog: pytest.LogCaptureF
     assert info.requested == "imagenet" and info.used == "random"
     assert info.source.startswith("fallback:")
     assert "TRAINING FROM RANDOM INITIALISATION" in caplog.text
-    with pytest.raises(RuntimeError, match="allow_random_fallback is false"):
+    with pytest.raises(WeightsError, match="allow_random_fallback is false"):
         create_classifier("resnet10t", 7, weights="imagenet", allow_fallback=False)
 
 

@@ -75,11 +75,34 @@ class SplitParams(_Strict):
     fractions: SplitFractions
 
 
+class RecipeOverrides(_Strict):
+    """train.* values that replace the defaults for one kind of model (unset: keep train.*'s value)."""
+
+    freeze_backbone: bool | None = None
+    max_epochs: int | None = Field(default=None, gt=0)
+    patience: int | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, gt=0)
+    optimizer: Literal["adamw", "sgd"] | None = None
+    lr: float | None = Field(default=None, gt=0)
+    backbone_lr_ratio: float | None = Field(default=None, gt=0, le=1)
+    warmup_epochs: int | None = Field(default=None, ge=0)
+    schedule: Literal["constant", "cosine"] | None = None
+    weight_decay: float | None = Field(default=None, ge=0)
+    label_smoothing: float | None = Field(default=None, ge=0, lt=1)
+    augment: bool | None = None
+
+    def set_values(self) -> dict[str, Any]:
+        return {key: value for key, value in self.model_dump().items() if value is not None}
+
+
 class TrainParams(_Strict):
     out_dir: Path
     history_dir: Path
     seed: int
     weights: Literal["imagenet", "none"]
+    # Local weights files live under weights_dir, a dependency of every train stage (dvc.yaml), so replacing a
+    # file retrains; weights_files paths are relative to the project root and must lie under it.
+    weights_dir: Path = Path("weights")
     weights_files: dict[str, Path] = Field(default_factory=dict)
     allow_random_fallback: bool
     image_size: int | None = Field(default=None, gt=0)
@@ -88,6 +111,9 @@ class TrainParams(_Strict):
     batch_size: int = Field(gt=0)
     optimizer: Literal["adamw", "sgd"]
     lr: float = Field(gt=0)
+    backbone_lr_ratio: float = Field(default=1.0, gt=0, le=1)  # backbone lr = lr x this (head: lr)
+    warmup_epochs: int = Field(default=0, ge=0)  # linear warm-up of the lr over these epochs
+    schedule: Literal["constant", "cosine"] = "constant"  # after warm-up: constant, or cosine decay to 0
     weight_decay: float = Field(ge=0)
     label_smoothing: float = Field(ge=0, lt=1)
     augment: bool
@@ -95,6 +121,23 @@ class TrainParams(_Strict):
     channels_last: Literal["auto"] | bool
     bf16: Literal["auto"] | bool
     num_threads: int | None = Field(default=None, gt=0)
+    # Replaces the values above for a model that got ImageNet weights (random-init models keep train.*).
+    pretrained: RecipeOverrides = Field(default_factory=RecipeOverrides)
+
+    @model_validator(mode="after")
+    def _weights_files_under_weights_dir(self) -> TrainParams:
+        for model, path in self.weights_files.items():
+            if path.is_absolute() or ".." in path.parts or not path.is_relative_to(self.weights_dir):
+                raise ValueError(
+                    f"weights_files.{model}: {path} must be a relative path under train.weights_dir "
+                    f"({self.weights_dir}/), which the train stages depend on: copy the file there")
+        return self
+
+    def recipe_for(self, weights_used: str) -> TrainParams:
+        """These params with ``pretrained`` applied when the model got ImageNet weights."""
+        if weights_used != "imagenet":
+            return self
+        return self.model_copy(update=self.pretrained.set_values())
 
 
 class EvaluateParams(_Strict):
@@ -348,6 +391,15 @@ class Params(_Strict):
         if len(set(models)) != len(models):
             raise ValueError("model names must be unique")
         return models
+
+    @model_validator(mode="after")
+    def _weights_files_name_models(self) -> Params:
+        known = set(self.models) | {name for names in self.tune.families.values() for name in names}
+        unknown = sorted(set(self.train.weights_files) - known)
+        if unknown:
+            raise ValueError(f"train.weights_files names {', '.join(unknown)}, which is not in models "
+                             f"({', '.join(self.models)}) nor in any tune family")
+        return self
 
 
 def _set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:

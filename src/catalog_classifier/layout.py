@@ -35,6 +35,11 @@ class Project:
         return self.split_dir() / "quality.json"
 
     # train
+    def weights_file(self, model: str) -> Path | None:
+        """The local ImageNet weights file configured for ``model`` (train.weights_files), resolved; else None."""
+        relative = self.params.train.weights_files.get(model)
+        return None if relative is None else self.path(relative)
+
     def model_dir(self, model: str) -> Path:
         return self.path(self.params.train.out_dir) / model
 

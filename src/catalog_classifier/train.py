@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ class FitSettings:
     weight_decay: float
     label_smoothing: float = 0.0
     augment: bool = False
+    backbone_lr_ratio: float = 1.0  # a pretrained backbone moves slower than the new head
+    warmup_epochs: int = 0
+    schedule: str = "constant"  # constant | cosine (after warm-up)
 
 
 @dataclass
@@ -60,11 +64,40 @@ def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> f
     )
 
 
-def create_optimizer(model: nn.Module, settings: FitSettings) -> torch.optim.Optimizer:
+def parameter_groups(model: nn.Module, settings: FitSettings) -> list[dict[str, Any]]:
+    """Trainable parameters, the classification head at ``lr`` and the rest at ``lr * backbone_lr_ratio``.
+
+    A model without a timm backbone (e.g. the frozen mode's bare head) is one group at ``lr``.
+    """
     trainable = [param for param in model.parameters() if param.requires_grad]
+    backbone = getattr(model, "backbone", None)
+    if backbone is None or not hasattr(backbone, "get_classifier") or settings.backbone_lr_ratio == 1.0:
+        return [{"params": trainable, "lr": settings.lr}]
+    head_ids = {id(param) for param in backbone.get_classifier().parameters()}
+    head = [param for param in trainable if id(param) in head_ids]
+    body = [param for param in trainable if id(param) not in head_ids]
+    groups = [{"params": head, "lr": settings.lr}]
+    if body:
+        groups.append({"params": body, "lr": settings.lr * settings.backbone_lr_ratio})
+    return groups
+
+
+def create_optimizer(model: nn.Module, settings: FitSettings) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, settings)
     if settings.optimizer == "sgd":
-        return torch.optim.SGD(trainable, lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay)
-    return torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+        return torch.optim.SGD(groups, lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay)
+    return torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def lr_factor(epoch_index: int, settings: FitSettings) -> float:
+    """Multiplier of every group's lr in epoch ``epoch_index`` (0-based): linear warm-up, then constant/cosine."""
+    if epoch_index < settings.warmup_epochs:
+        return (epoch_index + 1) / (settings.warmup_epochs + 1)
+    if settings.schedule == "constant":
+        return 1.0
+    decay_epochs = max(settings.max_epochs - settings.warmup_epochs, 1)
+    progress_done = (epoch_index - settings.warmup_epochs) / decay_epochs
+    return 0.5 * (1.0 + math.cos(math.pi * progress_done))
 
 
 def train_one_epoch(
@@ -135,6 +168,7 @@ def fit(
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = create_optimizer(model, settings)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda index: lr_factor(index, settings))
     train_criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
     val_criterion = nn.CrossEntropyLoss()
     result = FitResult()
@@ -144,6 +178,7 @@ def fit(
         train_metrics = train_one_epoch(
             model, train_images, optimizer, train_criterion, settings, runtime, generator, num_classes
         )
+        scheduler.step()
         val_metrics = validate(model, val_images, val_criterion, settings.batch_size, runtime, num_classes)
         row = {
             "epoch": epoch,
@@ -192,4 +227,7 @@ def settings_from(train_params: Any) -> FitSettings:
         weight_decay=train_params.weight_decay,
         label_smoothing=train_params.label_smoothing,
         augment=train_params.augment,
+        backbone_lr_ratio=train_params.backbone_lr_ratio,
+        warmup_epochs=train_params.warmup_epochs,
+        schedule=train_params.schedule,
     )

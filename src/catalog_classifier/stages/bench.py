@@ -92,7 +92,7 @@ def _frozen(project: Project, model_name: str, runtime: Runtime, n_train: int, n
     torch.manual_seed(params.train.seed)
     model, weights = create_classifier(
         model_name, len(params.data.classes), weights=params.train.weights,
-        weights_file=params.train.weights_files.get(model_name),
+        weights_file=project.weights_file(model_name),
         allow_fallback=params.train.allow_random_fallback, image_size=params.train.image_size)
     images_dir = project.path(params.data.images_dir)
     splits = {}

@@ -23,6 +23,11 @@ from catalog_classifier.train import history_columns, settings_from
 
 log = logging.getLogger(__name__)
 
+def recipe_name(weights_used: str) -> str:
+    """Which training recipe a model got: train.pretrained on top of train.*, or train.* alone."""
+    return "pretrained" if weights_used == "imagenet" else "default"
+
+
 def _run_tags(project: Project, model_name: str) -> dict[str, str]:
     return {
         "model": model_name,
@@ -45,10 +50,12 @@ def run_train(project: Project, model_name: str) -> dict[str, Any]:
         model_name,
         len(classes),
         weights=train_params.weights,
-        weights_file=train_params.weights_files.get(model_name),
+        weights_file=project.weights_file(model_name),
         allow_fallback=train_params.allow_random_fallback,
         image_size=train_params.image_size,
     )
+    # A pretrained backbone gets its own recipe (train.pretrained); random init keeps train.* as it is.
+    train_params = train_params.recipe_for(weights.used)
     images_dir = project.path(params.data.images_dir)
     decode_started = time.perf_counter()
     train_images = decode_manifest(read_manifest(project, "train"), images_dir, model.data_config)
@@ -59,9 +66,8 @@ def run_train(project: Project, model_name: str) -> dict[str, Any]:
              model_name, n_params, model.data_config.input_size, weights.used, weights.source,
              runtime.threads, runtime.bf16, runtime.channels_last)
 
-    tags = {**_run_tags(project, model_name), "weights_requested": weights.requested,
-            "weights_used": weights.used, "weights_source": weights.source,
-            "threads": str(runtime.threads), "bf16": str(runtime.bf16),
+    tags = {**_run_tags(project, model_name), **{key: str(value) for key, value in weights.record().items()},
+            "recipe": recipe_name(weights.used), "threads": str(runtime.threads), "bf16": str(runtime.bf16),
             "channels_last": str(runtime.channels_last), "stage": "train"}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{model_name}", tags=tags) as run:
         mlflow.log_params({**flatten("train", train_params.model_dump(mode="json")), "model": model_name,
@@ -89,8 +95,9 @@ def run_train(project: Project, model_name: str) -> dict[str, Any]:
             "best_val_loss": round(result.best["val_loss"], 6),
             "best_val_f1_macro": round(result.best["val_f1_macro"], 6),
             "n_params": n_params,
-            "weights_used": weights.used,
-            "weights_source": weights.source,
+            **weights.record(),
+            "recipe": recipe_name(weights.used),
+            "freeze_backbone": train_params.freeze_backbone,
             "threads": runtime.threads,
             "bf16": runtime.bf16,
             "channels_last": runtime.channels_last,
