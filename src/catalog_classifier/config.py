@@ -23,6 +23,11 @@ class ParamsError(ValueError):
     """params.yaml (or an override) is invalid; the message names the offending key."""
 
 
+# A frozen backbone trains its head on features cached once per image: there is no image left to augment.
+FROZEN_AUGMENT_MESSAGE = ("train.augment applies to images only: with train.freeze_backbone the head trains on "
+                          "cached features; set one of them to false")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -95,6 +100,12 @@ class TrainParams(_Strict):
     channels_last: Literal["auto"] | bool
     bf16: Literal["auto"] | bool
     num_threads: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _augment_needs_images(self) -> TrainParams:
+        if self.augment and self.freeze_backbone:
+            raise ValueError(FROZEN_AUGMENT_MESSAGE)
+        return self
 
 
 class EvaluateParams(_Strict):
