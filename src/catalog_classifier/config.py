@@ -129,6 +129,8 @@ class FaithfulnessParams(_Strict):
     n_images: int = Field(gt=0)
     steps: int = Field(ge=2)
     random_grid: int = Field(ge=2)
+    baseline: Literal["image_mean", "grey"]  # deletion filler and insertion start, shared by every method
+    bootstrap_resamples: int = Field(ge=100)  # paired bootstrap of AUC differences against random
 
 
 class ExplainParams(_Strict):
