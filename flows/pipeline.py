@@ -42,9 +42,13 @@ def project_root(project_dir: str | None) -> Path:
 
 
 def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry a stage only when retrying can help: not when the CLI rejected its input or DVC refused it."""
-    error = getattr(state, "data", None)
-    return error.transient if isinstance(error, dvc_ops.StageFailed) else True
+    """Retry a stage only when retrying can help (see ``StageFailed.transient``): never a rejected input.
+
+    Prefect 3 calls this with the failed state; ``state.result(raise_on_failure=False)`` is the raised exception.
+    Anything but a stage failure (DVC itself not starting, say) is not retried either.
+    """
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, dvc_ops.StageFailed) and error.transient
 
 
 @task(name="apply-params", task_run_name="apply-params", cache_policy=NO_CACHE)

@@ -121,11 +121,12 @@ def test_gradcam_deletion_auc_beats_random(trained: dict) -> None:
         "gradcam": ex.gradcam_maps(trained["model"], trained["layer"], images, targets, 8),
         "random": np.stack([ex.random_saliency((SIZE, SIZE), 8, rng) for _ in targets]),
     }
-    result = ex.faithfulness_curves(trained["scorer"], images, saliencies, targets, steps=8, kernel=16, seed=0)
+    result = ex.faithfulness_curves(trained["scorer"], images, saliencies, targets, steps=8, baseline="image_mean",
+                                    seed=0)
     summary = result.summary()
     assert summary["gradcam"]["deletion_auc"] < summary["random"]["deletion_auc"] - 0.05, summary
     assert summary["gradcam"]["insertion_auc"] > summary["random"]["insertion_auc"], summary
-    # Step 0 of deletion is the untouched image; the last step is all black.
+    # Step 0 of deletion is the untouched image.
     np.testing.assert_allclose(result.deletion["gradcam"][:, 0],
                                trained["scorer"](images)[np.arange(16), targets], atol=1e-5)
 
@@ -174,15 +175,16 @@ def test_target_layer_settings_fail_with_a_clear_message() -> None:
 
 def test_perturbation_series_and_auc_by_hand() -> None:
     image = torch.full((3, 2, 2), 0.8)
-    blurred = torch.full((3, 2, 2), 0.2)
+    baseline = torch.full((3, 2, 2), 0.2)
     ranks = ex.pixel_ranks(np.array([[0.9, 0.1], [0.5, 0.7]]), np.random.default_rng(0))
     assert ranks.tolist() == [[0, 3], [2, 1]]
-    deletion, insertion = ex.perturbation_series(image, ranks, steps=4, blurred=blurred)
-    # After 1 of 4 steps the top pixel (0, 0) is black in deletion and restored in insertion.
-    np.testing.assert_allclose(deletion[1, 0].numpy(), [[0.0, 0.8], [0.8, 0.8]])
+    deletion, insertion = ex.perturbation_series(image, ranks, 4, baseline)
+    # After 1 of 4 steps the top pixel (0, 0) is the baseline in deletion and restored in insertion.
+    np.testing.assert_allclose(deletion[1, 0].numpy(), [[0.2, 0.8], [0.8, 0.8]])
     np.testing.assert_allclose(insertion[1, 0].numpy(), [[0.8, 0.2], [0.2, 0.2]])
-    assert deletion[0].eq(image).all() and deletion[4].eq(0).all()
-    assert insertion[0].eq(blurred).all() and insertion[4].eq(image).all()
+    # One baseline for both curves: deletion ends where insertion starts.
+    assert deletion[0].eq(image).all() and deletion[4].eq(baseline).all()
+    assert insertion[0].eq(baseline).all() and insertion[4].eq(image).all()
     assert ex.auc(np.array([1.0, 0.0, 0.0])) == pytest.approx(0.25)
     assert ex.auc(np.array([1.0, 1.0, 1.0, 1.0, 1.0])) == pytest.approx(1.0)
 
@@ -240,3 +242,54 @@ def test_figures_are_valid_pngs(tmp_path, trained: dict) -> None:
             picture.verify()
             assert picture.size[0] > 300 and picture.size[1] > 200
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically
+
+
+def test_the_faithfulness_baseline_does_not_depend_on_the_shap_blur() -> None:
+    """Deletion and insertion share one baseline fixed by explain.faithfulness, never by SHAP's masker."""
+    from conftest import tiny_params
+
+    from catalog_classifier.config import parse_params
+
+    images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    seen: list[torch.Tensor] = []
+
+    def scorer(batch: torch.Tensor) -> np.ndarray:
+        seen.append(batch.clone())
+        return np.full((len(batch), 2), 0.5, np.float32)
+
+    recorded = []
+    for blur_fraction in (0.1, 0.9):
+        raw = tiny_params()
+        raw["explain"]["shap"]["blur_fraction"] = blur_fraction
+        settings = parse_params(raw).explain.faithfulness
+        assert settings.baseline == "image_mean"
+        seen.clear()
+        saliencies = {"gradcam": np.random.default_rng(1).random((3, 8, 8)).astype(np.float32)}
+        ex.faithfulness_curves(scorer, images, saliencies, [0, 1, 0], 4, settings.baseline, 0)
+        recorded.append(torch.stack([batch[[4, 5]] for batch in seen]))  # deletion's last, insertion's first
+    assert torch.equal(recorded[0], recorded[1])
+    mean_colour = images.mean((2, 3), keepdim=True).expand_as(images)
+    for index, frames in enumerate(recorded[0]):
+        torch.testing.assert_close(frames[0], mean_colour[index])
+        torch.testing.assert_close(frames[1], mean_colour[index])
+    assert ex.perturbation_baseline(images, "grey").eq(0.5).all()
+
+
+def test_better_than_random_only_when_the_bootstrap_interval_excludes_zero() -> None:
+    rng = np.random.default_rng(0)
+    random_auc = rng.uniform(0.3, 0.6, 30)
+    noise = rng.normal(0, 0.05, 30)
+    cases = {"clear win": random_auc - 0.15 + noise * 0.1, "tie within noise": random_auc + noise,
+             "loss": random_auc + 0.15 + noise * 0.1}
+    decisions = {}
+    for name, method_auc in cases.items():
+        result = ex.paired_bootstrap(method_auc, random_auc, n_resamples=2000, seed=7)
+        assert result["ci95_low"] <= result["mean_diff"] <= result["ci95_high"]
+        assert result["mean_diff"] == pytest.approx(float((method_auc - random_auc).mean()), abs=1e-4)
+        decisions[name] = (ex.better_than_random(result, "deletion"), ex.better_than_random(result, "insertion"))
+    # Deletion: lower is better (the interval must lie below 0); insertion: higher is better (above 0).
+    assert decisions == {"clear win": (True, False), "tie within noise": (False, False), "loss": (False, True)}
+    tie = ex.paired_bootstrap(cases["tie within noise"], random_auc, n_resamples=2000, seed=7)
+    # Its insertion mean is above random's, yet the interval straddles 0: a better mean alone is not enough.
+    assert tie["ci95_low"] < 0 < tie["ci95_high"] and tie["mean_diff"] > 0
+    assert ex.paired_bootstrap(cases["tie within noise"], random_auc, n_resamples=2000, seed=7) == tie  # seeded

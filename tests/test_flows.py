@@ -272,7 +272,7 @@ def test_invalid_override_fails_before_anything_is_written(flowed: tuple[Path, A
 
 @pytest.mark.slow
 def test_transient_stage_failure_is_retried(harness: None, tmp_path: Path) -> None:
-    """A stage whose command crashes once (not a rejected input) succeeds on the retry params allow."""
+    """A stage whose command fails once as transient (exit 75) succeeds on the retry params allow."""
     from flows.pipeline import pipeline
 
     root = tmp_path / "flaky"
@@ -285,7 +285,8 @@ def test_transient_stage_failure_is_retried(harness: None, tmp_path: Path) -> No
         "marker = pathlib.Path('crashed-once')\n"
         "if not marker.exists():\n"
         "    marker.touch()\n"
-        "    sys.exit('simulated crash')\n"
+        "    print('simulated crash', flush=True)\n"
+        "    sys.exit(75)\n"
         "pathlib.Path('out.txt').write_text('ok')\n")
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"split": {
         "cmd": f"{sys.executable} flaky.py", "deps": ["flaky.py"], "outs": ["out.txt"]}}}))
@@ -390,7 +391,8 @@ def test_stage_order_follows_the_dag_then_kind_then_model() -> None:
 
 def test_only_transient_failures_are_retryable() -> None:
     assert not dvc_ops.StageFailed("split", 255, 2, "error: bad catalogue").transient
-    assert dvc_ops.StageFailed("train@a", 255, 1, "Traceback ...").transient
+    assert not dvc_ops.StageFailed("train@a", 255, 1, "Traceback ...").transient  # a crash: a bug repeats
+    assert dvc_ops.StageFailed("train@a", 255, 75, "error: MLflow tracking server ... is unreachable").transient
     assert dvc_ops.StageFailed("train@a", 255, -9, "killed").transient
     assert not dvc_ops.StageFailed("x", 255, None, "ERROR: Stage 'x' not found").transient
     assert dvc_ops.StageFailed("x", 255, None, "ERROR: Unable to acquire lock. Most likely ...").transient
@@ -430,3 +432,36 @@ def test_summary_reads_the_promotion_decision_when_there_is_one() -> None:
     assert "Decision: **promoted** — beats champion v2 by 0.02" in markdown
     assert model_decision(None, "a") == "not run"
     assert "Promotion: not run" in summary_markdown(rows, None, [])
+
+
+def _count_stage_runs(monkeypatch: pytest.MonkeyPatch, exits: list[int]) -> tuple[Any, list[int]]:
+    """run_stage with dvc_ops.repro_stage replaced: each call fails with the next exit status (0: success)."""
+    from flows import pipeline as pipeline_module
+
+    calls: list[int] = []
+
+    def repro(root: Path, stage: str, **kwargs: Any) -> dvc_ops.StageOutcome:
+        status = exits[len(calls)]
+        calls.append(status)
+        if status:
+            raise dvc_ops.StageFailed(stage, 255, status, f"catalog-classifier {stage}: error: exit {status}")
+        return dvc_ops.StageOutcome(stage, "ran")
+
+    monkeypatch.setattr(pipeline_module.dvc_ops, "repro_stage", repro)
+    return pipeline_module.run_stage.with_options(retries=2, retry_delay_seconds=0), calls
+
+
+def test_a_permanent_failure_runs_once_and_a_transient_one_is_retried(
+        harness: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    task, calls = _count_stage_runs(monkeypatch, [2, 2, 2])
+    assert task(str(tmp_path), "evaluate@m", return_state=True).is_failed()
+    assert calls == [2]  # exit 2 (unknown model, weights that do not fit, bad params): never retried
+
+    task, calls = _count_stage_runs(monkeypatch, [1, 1, 1])
+    assert task(str(tmp_path), "train@m", return_state=True).is_failed()
+    assert calls == [1]  # an unclassified crash is a bug until shown otherwise
+
+    task, calls = _count_stage_runs(monkeypatch, [75, 75, 0])
+    state = task(str(tmp_path), "train@m", return_state=True)
+    assert state.is_completed() and state.result() == "ran"
+    assert calls == [75, 75, 0]  # tracking server unreachable twice, then up: two retries

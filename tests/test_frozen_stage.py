@@ -67,3 +67,26 @@ def test_train_stage_in_frozen_mode_saves_a_model_whose_backbone_is_the_initial_
     assert not torch.equal(saved_state["fc.weight"], initial_state["fc.weight"])
     recorded = read_json(project.train_metrics("resnet10t"))
     assert recorded == metrics and recorded["epochs_run"] == 2 and recorded["fit_time_s"] > 0
+
+
+def test_frozen_fit_refuses_augmentation_instead_of_scrambling_cached_features() -> None:
+    """augment_batch on (B, D) features flips feature order and rolls rows past their targets: refuse it."""
+    import pytest
+
+    torch.manual_seed(0)
+    model, _ = create_classifier("resnet10t", 3, image_size=32)
+    settings = FitSettings(max_epochs=1, patience=1, batch_size=4, optimizer="adamw", lr=0.05, weight_decay=0.0,
+                           augment=True)
+    with pytest.raises(ValueError, match="train.augment applies to images only"):
+        fit_model(model, _tiny_set(9, 1), _tiny_set(6, 2), settings, FP32, torch.Generator().manual_seed(3), 3,
+                  frozen_backbone=True)
+
+
+def test_params_reject_augment_with_a_frozen_backbone(tmp_path: Path) -> None:
+    import pytest
+
+    from catalog_classifier.config import ParamsError, parse_params
+
+    with pytest.raises(ParamsError, match="train.augment applies to images only"):
+        parse_params(tiny_params(freeze_backbone=True, augment=True))
+    assert parse_params(tiny_params(freeze_backbone=True, augment=False)).train.freeze_backbone

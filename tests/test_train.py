@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from catalog_classifier.data import ImageSet, iterate_batches
+from catalog_classifier.data import ImageSet, augment_batch, iterate_batches
 from catalog_classifier.evaluation import classification_metrics
 from catalog_classifier.runtime import Runtime, cpu_has_native_bf16, seed_everything
 from catalog_classifier.train import FitSettings, fit, macro_f1, validate
@@ -99,3 +99,12 @@ def test_bf16_detection_reads_cpu_flags(tmp_path: Path) -> None:
     without.write_text("flags\t\t: fpu sse avx2 avx512f\n", encoding="utf-8")
     assert cpu_has_native_bf16(with_bf16) and not cpu_has_native_bf16(without)
     assert not cpu_has_native_bf16(tmp_path / "absent")
+
+
+def test_augment_batch_refuses_anything_but_image_batches() -> None:
+    """Flips and rolls of (B, D) feature vectors would reorder features and shift rows across the batch."""
+    generator = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match=r"augment_batch expects images \(N, C, H, W\), got shape \(4, 16\)"):
+        augment_batch(torch.zeros(4, 16), generator)
+    images = colour_set(2, 0).pixels
+    assert augment_batch(images, generator).shape == images.shape

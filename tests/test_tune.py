@@ -224,8 +224,9 @@ def test_best_params_yaml_applies_with_dvc_exp_run(tuned: dict[str, Any], capsys
     best = study.best_trial
     text = (root / "artifacts/tune/tiny/best_params.yaml").read_text()
     overlay = yaml.safe_load(text)
-    expected = {key: best.params[key] for key in ("lr", "weight_decay", "batch_size", "label_smoothing", "augment",
-                                                  "freeze_backbone")}
+    sampled = {"augment": False, **best.params}  # a frozen trial never samples augment: it trained without
+    expected = {key: sampled[key] for key in ("lr", "weight_decay", "batch_size", "label_smoothing", "augment",
+                                              "freeze_backbone")}
     assert overlay == {"models": [best.params["model"]], "train": expected}
     args = build_parser().parse_args(["tune-overrides", "--family", FAMILY, "--params", str(root / "params.yaml")])
     assert args.handler(args) == 0
@@ -297,3 +298,42 @@ def test_override_flags_are_read_alike_by_dvc_and_yaml() -> None:
     assert flags == ["-S", "models=[mobilevitv2_075]", "-S", "train.lr=1.0e-05", "-S", "train.weight_decay=0.0123",
                      "-S", "train.batch_size=16", "-S", "train.augment=true"]
     assert yaml.safe_load("1.0e-05") == 1e-05
+
+
+def test_frozen_trials_never_sample_augmentation() -> None:
+    """augment x freeze_backbone: a frozen trial trains on cached (N, D) features, where augmenting scrambles them.
+
+    Even a space that offers only augment=true never hands a frozen trial augment=true, every sampled
+    configuration passes train.* validation, and a frozen best trial still yields a complete train overlay.
+    """
+    from catalog_classifier.config import parse_params
+    from catalog_classifier.tune import SPACE_KEYS, best_overrides, suggest, trial_train_params
+
+    raw = tune_params()
+    raw["tune"]["space"]["augment"] = [True]
+    params = parse_params(raw)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = []
+
+    def objective(trial: optuna.Trial) -> float:
+        sampled = suggest(trial, params.tune.space, ["resnet10t"])
+        trial_train_params(params.train, sampled, 1)  # raises on an invalid combination
+        seen.append((sampled["freeze_backbone"], sampled["augment"]))
+        return float(sampled["freeze_backbone"])
+
+    study.optimize(objective, n_trials=12)
+    assert {frozen for frozen, _ in seen} == {True, False}
+    assert all(augment is (not frozen) for frozen, augment in seen), seen
+    overlay = best_overrides(study)["train"]
+    assert set(overlay) == set(SPACE_KEYS) and overlay["freeze_backbone"] is True and overlay["augment"] is False
+
+
+def test_an_enqueued_frozen_point_with_augmentation_is_refused() -> None:
+    from catalog_classifier.config import ParamsError, parse_params
+    from catalog_classifier.tune import initial_points
+
+    raw = tune_params()
+    raw["tune"]["enqueue"] = [{"augment": True, "freeze_backbone": True}]
+    params = parse_params(raw)
+    with pytest.raises(ParamsError, match=r"tune.enqueue\[0\]: train.augment applies to images only"):
+        initial_points(params.tune, params.train, ["resnet10t"])

@@ -1,9 +1,10 @@
 """``catalog-classifier``: one command, one subcommand per pipeline stage or action.
 
 Entry points only parse arguments, configure logging, load params and call one library function; expected
-errors (bad params, bad catalogue, unreachable tracking server) print one clear message and exit 2. An
-interrupt (Ctrl-C, or SIGTERM from DVC/Prefect) leaves no partial output, marks the MLflow run KILLED and
-exits 128 + the signal number.
+errors print one clear message and exit 2 when permanent (bad params, bad catalogue, unknown model name,
+weights that do not fit) or 75 when transient (unreachable tracking server, registry lock held): the Prefect
+flow retries only the latter. An interrupt (Ctrl-C, or SIGTERM from DVC/Prefect) leaves no partial output,
+marks the MLflow run KILLED and exits 128 + the signal number.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from catalog_classifier.catalogue import CatalogueError
 from catalog_classifier.config import PARAMS_FILE, ParamsError
+from catalog_classifier.exits import EXIT_REJECTED_INPUT, EXIT_TRANSIENT, ModelError
 from catalog_classifier.images import ImageLoadError
 from catalog_classifier.interrupts import (
     exit_status,
@@ -29,12 +31,15 @@ from catalog_classifier.interrupts import (
     raise_terminated,
 )
 from catalog_classifier.io import CorruptFileError
-from catalog_classifier.registry import RegistryError
+from catalog_classifier.registry import RegistryError, RegistryLockTimeout
 from catalog_classifier.tracking import TrackingUnavailable
 
-EXPECTED_ERRORS = (ParamsError, CatalogueError, TrackingUnavailable, ImageLoadError, FileNotFoundError,
-                   RegistryError, CorruptFileError)
-EXIT_USAGE = 2
+# Permanent: the same command fails the same way until its input changes (exit 2, never retried by the flow).
+EXPECTED_ERRORS = (ParamsError, CatalogueError, ImageLoadError, FileNotFoundError, RegistryError, CorruptFileError,
+                   ModelError)
+# Transient: something outside the command is briefly unavailable (exit 75: the flow retries the stage).
+TRANSIENT_ERRORS = (TrackingUnavailable, RegistryLockTimeout)
+EXIT_USAGE = EXIT_REJECTED_INPUT
 
 
 def _project(args: argparse.Namespace) -> Any:
@@ -295,6 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ended_before = last_ended_run_id()
     try:
         return args.handler(args)
+    except TRANSIENT_ERRORS as err:  # before EXPECTED_ERRORS: a lock timeout is also a RegistryError
+        print(f"catalog-classifier {args.command}: error: {str(err).rstrip()}", file=sys.stderr)
+        return EXIT_TRANSIENT
     except EXPECTED_ERRORS as err:
         print(f"catalog-classifier {args.command}: error: {str(err).rstrip()}", file=sys.stderr)
         return EXIT_USAGE

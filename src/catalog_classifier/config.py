@@ -23,6 +23,11 @@ class ParamsError(ValueError):
     """params.yaml (or an override) is invalid; the message names the offending key."""
 
 
+# A frozen backbone trains its head on features cached once per image: there is no image left to augment.
+FROZEN_AUGMENT_MESSAGE = ("train.augment applies to images only: with train.freeze_backbone the head trains on "
+                          "cached features; set one of them to false")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -139,6 +144,12 @@ class TrainParams(_Strict):
             return self
         return self.model_copy(update=self.pretrained.set_values())
 
+    @model_validator(mode="after")
+    def _augment_needs_images(self) -> TrainParams:
+        if self.augment and self.freeze_backbone:
+            raise ValueError(FROZEN_AUGMENT_MESSAGE)
+        return self
+
 
 class EvaluateParams(_Strict):
     out_dir: Path
@@ -161,6 +172,8 @@ class FaithfulnessParams(_Strict):
     n_images: int = Field(gt=0)
     steps: int = Field(ge=2)
     random_grid: int = Field(ge=2)
+    baseline: Literal["image_mean", "grey"]  # deletion filler and insertion start, shared by every method
+    bootstrap_resamples: int = Field(ge=100)  # paired bootstrap of AUC differences against random
 
 
 class ExplainParams(_Strict):

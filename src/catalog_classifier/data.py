@@ -53,7 +53,13 @@ def to_float(pixels: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 
 def augment_batch(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Light, label-preserving augmentation (only when ``train.augment``): random flip and shift."""
+    """Light, label-preserving augmentation (only when ``train.augment``): random flip and shift.
+
+    Images only: on cached (B, D) feature vectors a flip would reverse the feature order and the roll would move
+    rows across the batch while their targets stay put, so anything but (N, C, H, W) is refused.
+    """
+    if pixels.ndim != 4:
+        raise ValueError(f"augment_batch expects images (N, C, H, W), got shape {tuple(pixels.shape)}")
     flip = torch.rand(len(pixels), generator=generator) < 0.5
     pixels = pixels.clone()
     pixels[flip] = pixels[flip].flip(-1)

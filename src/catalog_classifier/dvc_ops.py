@@ -22,12 +22,12 @@ from typing import Any, Literal
 
 import yaml
 
+from catalog_classifier.exits import EXIT_TRANSIENT
+
 log = logging.getLogger(__name__)
 
 # The order stages of one kind take when the DAG leaves the choice open; unknown stages come after, by name.
 STAGE_ORDER = ("split", "train", "evaluate", "explain", "compare", "promote")
-# The CLI exits with this code when it rejects its input (bad params, bad catalogue, missing file).
-EXIT_REJECTED_INPUT = 2
 _TAIL_LINES = 40
 _NODE = re.compile(r'^\s*"([^"]+)"\s*;\s*$')
 _EDGE = re.compile(r'^\s*"([^"]+)"\s*->\s*"([^"]+)"\s*;\s*$')
@@ -54,12 +54,14 @@ class StageFailed(RuntimeError):
 
     @property
     def transient(self) -> bool:
-        """Worth a retry: not when the command rejected its input or DVC refused the stage itself."""
+        """Worth a retry: only a failure the CLI declared transient (exit 75), a command killed by a signal from
+        outside (the OOM killer: DVC reports a negative exit) or DVC's own repository lock. Never a rejected
+        input (exit 2), a DVC refusal, or an unclassified crash (exit 1): rerunning a bug only repeats it."""
         if _LOCKED in self.tail:  # another DVC process holds the repository lock
             return True
         if self.command_exit is None:  # DVC failed before or around the command: bad dvc.yaml, missing deps
             return False
-        return self.command_exit != EXIT_REJECTED_INPUT
+        return self.command_exit == EXIT_TRANSIENT or self.command_exit < 0
 
 
 @dataclass(frozen=True)

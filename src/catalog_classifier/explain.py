@@ -3,7 +3,9 @@
 Grad-CAM (grad-cam package) gives a smooth heatmap from the last feature map of the backbone; SHAP (Partition
 explainer, image blur masker) gives patch-level Owen values of the predicted probability. Which one points at
 what the model really uses is measured, not argued: deletion and insertion curves (Petsiuk et al., RISE, 2018)
-remove or restore pixels in the order a heatmap ranks them and follow the probability of the explained class.
+remove or restore pixels in the order a heatmap ranks them and follow the probability of the explained class;
+both start from one baseline image set by params, independent of either explainer, and a method counts as
+better than random only when a paired bootstrap interval of its AUC difference excludes 0.
 
 Everything here takes float RGB in [0, 1] (N, 3, H, W) as the :class:`~catalog_classifier.models.Classifier`
 does and never reads params: the stage passes every setting in. Grad-CAM always runs in float32 (gradients);
@@ -163,12 +165,12 @@ def gradcam_maps(
 
 
 def blur_kernel(image_size: tuple[int, int], fraction: float) -> int:
-    """Box-blur side used to hide a region (SHAP masker) and as the insertion start image."""
+    """Box-blur side SHAP's masker uses to hide a region (SHAP only: the faithfulness baseline is separate)."""
     return max(3, round(min(image_size) * fraction))
 
 
 def blur(images: torch.Tensor, kernel: int) -> torch.Tensor:
-    """The box blur SHAP's image masker uses (cv2.blur), applied per image, so both share one baseline."""
+    """The box blur SHAP's image masker uses (cv2.blur), applied per image."""
     import cv2
 
     hwc = images.permute(0, 2, 3, 1).numpy()
@@ -240,19 +242,36 @@ def pixel_ranks(saliency: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return ranks.reshape(saliency.shape)
 
 
+BASELINES = ("image_mean", "grey")
+
+
+def perturbation_baseline(images: torch.Tensor, kind: str) -> torch.Tensor:
+    """What a removed pixel becomes (deletion) and what insertion starts from: one image per input image.
+
+    Fixed by ``explain.faithfulness.baseline`` alone, never by either explainer: a blurred copy would be SHAP's
+    own masker (SHAP's maps are optimised against exactly that filler) and black is far outside the training
+    images. ``image_mean``: each image's mean colour; ``grey``: 0.5 everywhere.
+    """
+    if kind == "image_mean":
+        return images.mean((2, 3), keepdim=True).expand_as(images).clone()
+    if kind == "grey":
+        return torch.full_like(images, 0.5)
+    raise ValueError(f"unknown faithfulness baseline {kind!r}; one of {', '.join(BASELINES)}")
+
+
 def perturbation_series(
-    image: torch.Tensor, ranks: np.ndarray, steps: int, blurred: torch.Tensor
+    image: torch.Tensor, ranks: np.ndarray, steps: int, baseline: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Deletion and insertion series, each (steps + 1, 3, H, W).
 
-    Deletion: the top k/steps of pixels set to black (RISE); insertion: the top pixels pasted onto a blurred
-    copy (RISE). Two different fillers, so neither method is favoured for sharing its own masker.
+    Deletion: the top k/steps of pixels replaced by the baseline; insertion: the top pixels pasted onto the
+    baseline (RISE). The same baseline for both, so deletion ends where insertion starts.
     """
     total = ranks.size
     counts = np.round(np.linspace(0, total, steps + 1)).astype(np.int64)
     shown = torch.from_numpy(ranks[None] < counts[:, None, None]).unsqueeze(1)  # (S, 1, H, W): revealed first k
-    deletion = image.unsqueeze(0) * (~shown)
-    insertion = torch.where(shown, image.unsqueeze(0), blurred.unsqueeze(0))
+    deletion = torch.where(shown, baseline.unsqueeze(0), image.unsqueeze(0))
+    insertion = torch.where(shown, image.unsqueeze(0), baseline.unsqueeze(0))
     return deletion, insertion
 
 
@@ -283,10 +302,47 @@ class Faithfulness:
             }
         return out
 
+    def aucs(self, method: str, kind: str) -> np.ndarray:
+        """Per-image AUCs of one method's deletion or insertion curves (the pairs the bootstrap resamples)."""
+        return np.array([auc(curve) for curve in getattr(self, kind)[method]])
+
+    def versus_random(self, n_resamples: int, seed: int) -> dict[str, dict[str, dict[str, Any]]]:
+        """Per method and curve kind: paired bootstrap of the AUC difference (method - random) and the decision."""
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for method in self.deletion:
+            if method == "random":
+                continue
+            out[method] = {}
+            for kind in ("deletion", "insertion"):
+                result = paired_bootstrap(self.aucs(method, kind), self.aucs("random", kind), n_resamples, seed)
+                out[method][kind] = {**result, "better": better_than_random(result, kind)}
+        return out
+
     def mean_curves(self) -> dict[str, dict[str, list[float]]]:
         """Mean curve per method (its trapezoid AUC equals the mean AUC: the rule is linear)."""
         return {method: {kind: [round(float(v), 4) for v in getattr(self, kind)[method].mean(0)]
                          for kind in ("deletion", "insertion")} for method in self.deletion}
+
+
+def paired_bootstrap(method_aucs: np.ndarray, random_aucs: np.ndarray, n_resamples: int,
+                     seed: int) -> dict[str, float]:
+    """Mean AUC difference (method - random) over images and its 95 % percentile interval.
+
+    Paired: both curves of one image are resampled together, so image difficulty (the bulk of the variance)
+    cancels out of the difference instead of drowning it.
+    """
+    differences = np.asarray(method_aucs, dtype=np.float64) - np.asarray(random_aucs, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(differences), size=(n_resamples, len(differences)))
+    means = differences[picks].mean(1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"mean_diff": round(float(differences.mean()), 4), "ci95_low": round(float(low), 4),
+            "ci95_high": round(float(high), 4), "n_resamples": n_resamples}
+
+
+def better_than_random(result: dict[str, float], kind: str) -> bool:
+    """Better only when the whole interval lies on the good side of 0 (deletion: below, insertion: above)."""
+    return result["ci95_high"] < 0 if kind == "deletion" else result["ci95_low"] > 0
 
 
 def faithfulness_curves(
@@ -295,19 +351,22 @@ def faithfulness_curves(
     saliencies: dict[str, np.ndarray],
     targets: Sequence[int],
     steps: int,
-    kernel: int,
+    baseline: str,
     seed: int,
 ) -> Faithfulness:
-    """Deletion and insertion curves of every method's heatmaps (``saliencies[method]`` is (N, H, W))."""
+    """Deletion and insertion curves of every method's heatmaps (``saliencies[method]`` is (N, H, W)).
+
+    ``baseline`` (see :func:`perturbation_baseline`) is the one filler of both curves for every method.
+    """
     rng = np.random.default_rng(seed)
-    blurred = blur(images, kernel)
+    fillers = perturbation_baseline(images, baseline)
     deletion = {method: np.zeros((len(images), steps + 1), np.float32) for method in saliencies}
     insertion = {method: np.zeros((len(images), steps + 1), np.float32) for method in saliencies}
     for index, target in enumerate(targets):
         series = []
         for method in saliencies:
             series.extend(perturbation_series(images[index], pixel_ranks(saliencies[method][index], rng),
-                                              steps, blurred[index]))
+                                              steps, fillers[index]))
         probabilities = scorer(torch.cat(series))[:, int(target)].reshape(len(saliencies), 2, steps + 1)
         for position, method in enumerate(saliencies):
             deletion[method][index] = probabilities[position, 0]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from catalog_classifier.config import FROZEN_AUGMENT_MESSAGE
 from catalog_classifier.data import ImageSet, iterate_batches, to_float
 from catalog_classifier.models import Classifier, freeze_backbone
 from catalog_classifier.runtime import Runtime
@@ -97,7 +98,10 @@ def fit_frozen(
     """Train only ``model``'s head on cached backbone features; the head is updated in place.
 
     Returns the result and the cached train/val features (callers reuse them, e.g. to score the head).
+    Augmentation is refused: it transforms images, and the head only ever sees one cached vector per image.
     """
+    if settings.augment:
+        raise ValueError(FROZEN_AUGMENT_MESSAGE)
     started, cpu_started = time.perf_counter(), time.process_time()
     train_features = extract_features(model, train_images, settings.batch_size, runtime)
     val_features = extract_features(model, val_images, settings.batch_size, runtime)

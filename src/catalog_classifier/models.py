@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import timm
 import torch
 from torch import nn
 
+from catalog_classifier.exits import ModelError
 from catalog_classifier.pretrained import (
     EFFICIENTNET_PYTORCH,
     PACKAGED_CHECKPOINTS,
@@ -30,6 +33,30 @@ from catalog_classifier.pretrained import (
 log = logging.getLogger(__name__)
 
 HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def require_timm_model(name: str, where: str = "") -> None:
+    """Fail with the name, not timm's bare ``RuntimeError: Unknown model`` (which reads as a crash, exit 1)."""
+    if not timm.is_model(name):
+        prefix = f"{where}: " if where else ""
+        raise ModelError(f"{prefix}{name!r} is not a timm model name (not in timm.list_models())")
+
+
+_SHAPE_ERRORS = ("size mismatch", "Missing key(s)", "Unexpected key(s)")
+
+
+@contextlib.contextmanager
+def weights_must_fit(name: str, num_classes: int, source: Path | str) -> Iterator[None]:
+    """Turn torch's state-dict mismatch (a RuntimeError) into a one-line :class:`ModelError`."""
+    try:
+        yield
+    except RuntimeError as err:
+        detail = next((line.strip() for line in str(err).splitlines() if line.strip().startswith(_SHAPE_ERRORS)),
+                      None)
+        if detail is None:
+            raise
+        raise ModelError(f"{source}: the weights do not fit {name} with {num_classes} classes "
+                         f"({detail.rstrip('.')})") from None
 
 
 @dataclass(frozen=True)
@@ -196,7 +223,9 @@ def create_classifier(
     image_size: int | None = None,
 ) -> tuple[Classifier, WeightsInfo]:
     """Build a classifier for ``num_classes`` from a timm model name, with the weights asked for."""
-    backbone, info = _create_backbone(name, num_classes, weights, weights_file, allow_fallback)
+    require_timm_model(name)
+    with weights_must_fit(name, num_classes, weights_file or f"ImageNet weights of {name}"):
+        backbone, info = _create_backbone(name, num_classes, weights, weights_file, allow_fallback)
     return Classifier(backbone, resolve_data_config(backbone, image_size)), info
 
 
@@ -223,7 +252,9 @@ def load_classifier(path: Path) -> tuple[Classifier, dict[str, Any]]:
     from catalog_classifier.io import read_json
 
     config = read_json(path.with_name("model_config.json"))
+    require_timm_model(config["model_name"], str(path.with_name("model_config.json")))
     backbone = timm.create_model(config["model_name"], pretrained=False, num_classes=len(config["classes"]))
     model = Classifier(backbone, DataConfig.from_dict(config))
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    with weights_must_fit(config["model_name"], len(config["classes"]), path):
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval(), config

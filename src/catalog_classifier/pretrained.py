@@ -23,8 +23,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from catalog_classifier.exits import ModelError
 
-class WeightsError(ValueError):
+
+class WeightsError(ModelError):
     """A checkpoint that does not fit the model (names or shapes): a permanent, user-facing error."""
 
 

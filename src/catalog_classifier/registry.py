@@ -38,6 +38,10 @@ class RegistryError(RuntimeError):
     """A registry action cannot be done as asked (nothing to roll back to, lock not obtained...)."""
 
 
+class RegistryLockTimeout(RegistryError):
+    """Another promote or rollback holds the registry lock: transient, the same command can succeed later."""
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -60,7 +64,7 @@ def registry_lock(tracking_uri: str, project_root: Path, timeout_s: float) -> It
     try:
         lock.acquire()
     except Timeout:
-        raise RegistryError(f"another promote or rollback has held {path} for over {timeout_s:g}s") from None
+        raise RegistryLockTimeout(f"another promote or rollback has held {path} for over {timeout_s:g}s") from None
     try:
         yield
     finally:

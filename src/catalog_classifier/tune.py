@@ -24,7 +24,14 @@ import pandas as pd
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from catalog_classifier.config import ParamsError, PrunerParams, TrainParams, TuneParams, TuneSpace
+from catalog_classifier.config import (
+    FROZEN_AUGMENT_MESSAGE,
+    ParamsError,
+    PrunerParams,
+    TrainParams,
+    TuneParams,
+    TuneSpace,
+)
 from catalog_classifier.data import ImageSet, decode_manifest
 from catalog_classifier.frozen import fit_model
 from catalog_classifier.models import DataConfig, create_classifier
@@ -66,7 +73,12 @@ def storage_url(storage: Path, mlflow_tracking_uri: str) -> str:
 # --- search space ---------------------------------------------------------------------------------------------
 
 def suggest(trial: optuna.Trial, space: TuneSpace, models: list[str]) -> dict[str, Any]:
-    """Sample one configuration; names match ``train.*`` keys so the best trial maps straight onto params."""
+    """Sample one configuration; names match ``train.*`` keys so the best trial maps straight onto params.
+
+    The space is conditional: ``augment`` is sampled only for fine-tuning trials. A frozen-backbone trial trains
+    its head on cached features, where augmentation has no image to act on (train.* refuses the combination).
+    """
+    frozen = trial.suggest_categorical("freeze_backbone", space.freeze_backbone)
     return {
         MODEL_KEY: trial.suggest_categorical(MODEL_KEY, models),
         "lr": trial.suggest_float("lr", space.lr.low, space.lr.high, log=space.lr.log),
@@ -77,8 +89,8 @@ def suggest(trial: optuna.Trial, space: TuneSpace, models: list[str]) -> dict[st
         "label_smoothing": trial.suggest_float(
             "label_smoothing", space.label_smoothing.low, space.label_smoothing.high, log=space.label_smoothing.log
         ),
-        "augment": trial.suggest_categorical("augment", space.augment),
-        "freeze_backbone": trial.suggest_categorical("freeze_backbone", space.freeze_backbone),
+        "augment": False if frozen else trial.suggest_categorical("augment", space.augment),
+        "freeze_backbone": frozen,
     }
 
 
@@ -109,6 +121,8 @@ def initial_points(tune_params: TuneParams, train_params: TrainParams, models: l
             problem = _outside(tune_params.space, models, key, value)
             if problem:
                 raise ParamsError(f"{source}: {key}={value!r} is {problem} (tune.space); widen the space or drop it")
+        if point.get("augment") and point.get("freeze_backbone"):
+            raise ParamsError(f"{source}: {FROZEN_AUGMENT_MESSAGE}")
     return [point for _, point in points]
 
 
@@ -287,7 +301,9 @@ class Objective:
             image_size=params.image_size,
         )
         train_images, val_images = self.images.get(model.data_config)
+        trial.set_user_attr("augment_applied", params.augment)
         self.tracker.annotate({"weights_used": weights.used, "weights_source": weights.source,
+                               "augment_applied": str(params.augment),
                                "input_size": "x".join(map(str, model.data_config.input_size))})
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
@@ -332,7 +348,9 @@ def best_overrides(study: optuna.Study) -> dict[str, Any]:
     applying a family's values to the other family would train it with settings nobody tuned for it.
     """
     best = study.best_trial
-    return {"models": [best.params[MODEL_KEY]], "train": {key: best.params[key] for key in SPACE_KEYS}}
+    # A frozen trial never samples augment (see suggest): it trained without.
+    values = {"augment": False, **best.params}
+    return {"models": [values[MODEL_KEY]], "train": {key: values[key] for key in SPACE_KEYS}}
 
 
 def _hydra_value(value: Any) -> str:

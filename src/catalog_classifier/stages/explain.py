@@ -119,13 +119,14 @@ def _explain_local(explainers: _Explainers, choices: list[ex.LocalChoice],
     return records
 
 
-def _metrics(model_name: str, faith: dict[str, dict[str, float]], n_images: int, steps: int) -> dict[str, Any]:
-    def beats_random(method: str) -> dict[str, bool]:
-        return {"deletion": faith[method]["deletion_auc"] < faith["random"]["deletion_auc"],
-                "insertion": faith[method]["insertion_auc"] > faith["random"]["insertion_auc"]}
-
-    return {"model": model_name, "n_images": n_images, "steps": steps, **faith,
-            "gradcam_beats_random": beats_random("gradcam"), "shap_beats_random": beats_random("shap")}
+def _metrics(model_name: str, faith: dict[str, dict[str, float]], versus: dict[str, dict[str, dict[str, Any]]],
+             n_images: int, settings: ExplainParams) -> dict[str, Any]:
+    """``<method>_beats_random`` is decided by the bootstrap interval (``<method>_vs_random``), not by the means."""
+    decisions = {f"{method}_beats_random": {kind: bool(result["better"]) for kind, result in kinds.items()}
+                 for method, kinds in versus.items()}
+    return {"model": model_name, "n_images": n_images, "steps": settings.faithfulness.steps, **faith,
+            "baseline": settings.faithfulness.baseline, **decisions,
+            **{f"{method}_vs_random": kinds for method, kinds in versus.items()}}
 
 
 def run_explain(project: Project, model_name: str) -> dict[str, Any]:
@@ -176,7 +177,8 @@ def run_explain(project: Project, model_name: str) -> dict[str, Any]:
                             for _ in sample]),
     }
     faithfulness = ex.faithfulness_curves(explainers.scorer, test_pixels[sample], saliencies, targets,
-                                          settings.faithfulness.steps, explainers.kernel, settings.seed)
+                                          settings.faithfulness.steps, settings.faithfulness.baseline,
+                                          settings.seed)
     timings["faithfulness_curves_s"] = time.perf_counter() - tick
 
     counts = {k: int((test_labels == k).sum()) for k in range(len(classes))}
@@ -193,7 +195,8 @@ def run_explain(project: Project, model_name: str) -> dict[str, Any]:
                          out_dir / "figures" / "faithfulness.png")
 
     faith = faithfulness.summary()
-    metrics = _metrics(model_name, faith, int(len(sample)), settings.faithfulness.steps)
+    versus = faithfulness.versus_random(settings.faithfulness.bootstrap_resamples, settings.seed)
+    metrics = _metrics(model_name, faith, versus, int(len(sample)), settings)
     metrics["explain_time_s"] = round(time.perf_counter() - started, 2)
     metrics["explain_cpu_time_s"] = round(time.process_time() - cpu_started, 2)
     summary = {
@@ -212,6 +215,10 @@ def run_explain(project: Project, model_name: str) -> dict[str, Any]:
         "shap_sample": {"n": int(len(sample)), "images": [test.names[i] for i in sample],
                         "mean_abs_centre": ex.heat_centre(mean_abs_shap)},
         "faithfulness_mean_curves": faithfulness.mean_curves(),
+        "faithfulness": {"baseline": settings.faithfulness.baseline,
+                         "bootstrap": {"resamples": settings.faithfulness.bootstrap_resamples, "seed": settings.seed,
+                                       "interval": "95% percentile, paired over images, AUC(method) - AUC(random)"},
+                         "versus_random": versus},
         "test_accuracy_fp32": round(float((test_predicted == test_labels).mean()), 4),
         "timings_s": {key: round(value, 2) for key, value in timings.items()},
     }

@@ -73,7 +73,8 @@ def run_train(project: Project, model_name: str) -> dict[str, Any]:
         mlflow.log_params({**flatten("train", train_params.model_dump(mode="json")), "model": model_name,
                            "input_size": "x".join(map(str, model.data_config.input_size)),
                            "interpolation": model.data_config.interpolation,
-                           "split.seed": params.split.seed, "n_params": n_params})
+                           "split.seed": params.split.seed, "n_params": n_params,
+                           "augment_applied": train_params.augment and not train_params.freeze_backbone})
         quality = read_json(project.quality_report())
         mlflow.log_metrics({"data/rows": quality["rows"], "data/usable_images": quality["usable_images"],
                             "data/train_images": len(train_images), "data/val_images": len(val_images)})
@@ -101,6 +102,8 @@ def run_train(project: Project, model_name: str) -> dict[str, Any]:
             "threads": runtime.threads,
             "bf16": runtime.bf16,
             "channels_last": runtime.channels_last,
+            # Images augmented during the fit (never cached features: config refuses augment + freeze_backbone).
+            "augment_applied": train_params.augment and not train_params.freeze_backbone,
         }
         model_dir = project.model_dir(model_name)
         save_classifier(model, model_name, classes, project.weights(model_name))
