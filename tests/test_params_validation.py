@@ -65,6 +65,20 @@ CASES: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "duplicate_classes": (_set("data.classes", ["Watches", "Watches"]),
                           "  data.classes: Value error, class names must be unique"),
     "section_not_a_mapping": (_set("train", 5), "  train: Input should be a valid dictionary"),
+    # Weights files are dependencies of the train stages (dvc.yaml: train.weights_dir), so they must live there.
+    "weights_file_outside_weights_dir": (_set("train.weights_files", {"resnet10t": "/abs/r.pth"}),
+                                         "  train: Value error, weights_files.resnet10t: /abs/r.pth must be a "
+                                         "relative path under train.weights_dir (weights/)"),
+    "weights_file_escaping_weights_dir": (_set("train.weights_files", {"resnet10t": "weights/../r.pth"}),
+                                          "  train: Value error, weights_files.resnet10t: weights/../r.pth must be"),
+    "weights_file_for_no_model": (_set("train.weights_files", {"resnet18": "weights/r18.pth"}),
+                                  "  (top level): Value error, train.weights_files names resnet18, which is not in "
+                                  "models (resnet10t, mobilevitv2_050) nor in any tune family"),
+    "pretrained_recipe_unknown_key": (_set("train.pretrained.epochs", 3), "  train.pretrained.epochs: unknown key"),
+    # The pretrained recipe is validated merged into train.*: frozen (recipe) + augment (train) is refused.
+    "pretrained_recipe_freezes_an_augmented_fit": (
+        lambda params: params["train"].update(augment=True, pretrained={"freeze_backbone": True}),
+        "  train: Value error, train.pretrained (merged into train.*): train.augment applies to images only"),
 }
 
 

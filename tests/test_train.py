@@ -108,3 +108,48 @@ def test_augment_batch_refuses_anything_but_image_batches() -> None:
         augment_batch(torch.zeros(4, 16), generator)
     images = colour_set(2, 0).pixels
     assert augment_batch(images, generator).shape == images.shape
+
+
+# --------------------------------------------------------------------------- recipe: lr groups and schedule
+
+
+def test_warmup_then_cosine_lr_factors_by_hand() -> None:
+    from catalog_classifier.train import FitSettings, lr_factor
+
+    settings = FitSettings(max_epochs=5, patience=1, batch_size=4, optimizer="adamw", lr=1.0, weight_decay=0.0,
+                           warmup_epochs=1, schedule="cosine")
+    # warm-up: 1/2; then cosine over the 4 remaining epochs: cos(0)=1, cos(pi/4), cos(pi/2), cos(3pi/4)
+    expected = [0.5, 1.0, 0.5 * (1 + 2 ** -0.5), 0.5, 0.5 * (1 - 2 ** -0.5)]
+    assert [lr_factor(index, settings) for index in range(5)] == pytest.approx(expected)
+    constant = FitSettings(max_epochs=5, patience=1, batch_size=4, optimizer="adamw", lr=1.0, weight_decay=0.0)
+    assert [lr_factor(index, constant) for index in range(5)] == [1.0] * 5
+
+
+def test_backbone_learns_at_a_fraction_of_the_head_lr() -> None:
+    from catalog_classifier.models import create_classifier
+    from catalog_classifier.train import FitSettings, create_optimizer
+
+    model, _ = create_classifier("resnet10t", 3, image_size=32)
+    settings = FitSettings(max_epochs=1, patience=1, batch_size=4, optimizer="adamw", lr=0.01, weight_decay=0.0,
+                           backbone_lr_ratio=0.1)
+    groups = create_optimizer(model, settings).param_groups
+    head = {id(param) for param in model.backbone.get_classifier().parameters()}
+    assert [group["lr"] for group in groups] == pytest.approx([0.01, 0.001])
+    assert {id(param) for param in groups[0]["params"]} == head
+    assert len(groups[1]["params"]) == sum(1 for param in model.parameters()) - len(head)
+
+
+def test_pretrained_recipe_applies_only_to_imagenet_weights(tmp_path) -> None:
+    import yaml
+    from conftest import tiny_params
+
+    from catalog_classifier.config import load_params
+
+    params = tiny_params()
+    params["train"]["pretrained"] = {"freeze_backbone": True, "lr": 0.02, "max_epochs": 7}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    train = load_params(tmp_path / "params.yaml").train
+    pretrained = train.recipe_for("imagenet")
+    assert (pretrained.freeze_backbone, pretrained.lr, pretrained.max_epochs) == (True, 0.02, 7)
+    assert pretrained.batch_size == train.batch_size  # unset in the recipe: train.*'s value
+    assert train.recipe_for("random") is train

@@ -142,12 +142,23 @@ class TrainParams(_Strict):
         """These params with ``pretrained`` applied when the model got ImageNet weights."""
         if weights_used != "imagenet":
             return self
-        return self.model_copy(update=self.pretrained.set_values())
+        return self._merged(self.pretrained)
+
+    def _merged(self, overrides: RecipeOverrides) -> TrainParams:
+        # Validated like params.yaml itself (a recipe may not combine what train.* may not); the result carries no
+        # recipe of its own, so validating it does not recurse.
+        return TrainParams.model_validate({**self.model_dump(), **overrides.set_values(), "pretrained": {}})
 
     @model_validator(mode="after")
     def _augment_needs_images(self) -> TrainParams:
         if self.augment and self.freeze_backbone:
             raise ValueError(FROZEN_AUGMENT_MESSAGE)
+        if self.pretrained.set_values():
+            try:
+                self._merged(self.pretrained)
+            except ValidationError as err:
+                message = str(err.errors()[0]["msg"]).removeprefix("Value error, ")
+                raise ValueError(f"train.pretrained (merged into train.*): {message}") from None
         return self
 
 
