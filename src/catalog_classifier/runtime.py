@@ -13,6 +13,9 @@ import numpy as np
 import torch
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+# The CPU features that pick oneDNN's conv/matmul kernels, hence the float rounding of a fit (docs/reproducibility.md).
+ISA_CPU_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+CPUINFO = Path("/proc/cpuinfo")
 
 
 @dataclass(frozen=True)
@@ -34,13 +37,37 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """True when the CPU executes bf16 matmuls natively; emulated bf16 is slower than fp32."""
+def _cpuinfo(cpuinfo: Path) -> str:
     try:
-        flags = cpuinfo.read_text(encoding="utf-8", errors="replace")
+        return cpuinfo.read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return False
-    return any(flag in flags.split() for flag in BF16_CPU_FLAGS)
+        return ""
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
+    return set(_cpuinfo(cpuinfo).split())
+
+
+def cpu_has_native_bf16(cpuinfo: Path = CPUINFO) -> bool:
+    """True when the CPU executes bf16 matmuls natively; emulated bf16 is slower than fp32."""
+    return any(flag in cpu_flags(cpuinfo) for flag in BF16_CPU_FLAGS)
+
+
+def runtime_facts(cpuinfo: Path = CPUINFO) -> dict[str, str]:
+    """What, besides params and the thread count, decides a fit's float rounding, so that two runs of the same
+    params that differ can be told apart by their records: torch (and with it oneDNN/MKL) version, ATen's vector
+    ISA, the CPU and its AMX/AVX-512 features, and an ``ONEDNN_MAX_CPU_ISA`` cap. On one machine with equal facts
+    and threads, training is bit-identical; a difference in any of them changes the trajectory."""
+    flags = cpu_flags(cpuinfo)
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo(cpuinfo).splitlines()
+                  if line.startswith("model name")), "unknown")
+    return {
+        "torch_version": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_model": model,
+        "cpu_isa_flags": ",".join(flag for flag in ISA_CPU_FLAGS if flag in flags),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "unset"),
+    }
 
 
 def resolve_runtime(channels_last: bool | str, bf16: bool | str, num_threads: int | None) -> Runtime:

@@ -15,7 +15,7 @@ from catalog_classifier.frozen import fit_model
 from catalog_classifier.io import read_json, write_csv, write_json
 from catalog_classifier.layout import Project
 from catalog_classifier.models import create_classifier, save_classifier
-from catalog_classifier.runtime import resolve_runtime, seed_everything
+from catalog_classifier.runtime import resolve_runtime, runtime_facts, seed_everything
 from catalog_classifier.split import SPLITS
 from catalog_classifier.stages.split import read_manifest
 from catalog_classifier.tracking import data_version, flatten, git_commit, setup_mlflow
@@ -68,7 +68,7 @@ def run_train(project: Project, model_name: str) -> dict[str, Any]:
 
     tags = {**_run_tags(project, model_name), **{key: str(value) for key, value in weights.record().items()},
             "recipe": recipe_name(weights.used), "threads": str(runtime.threads), "bf16": str(runtime.bf16),
-            "channels_last": str(runtime.channels_last), "stage": "train"}
+            "channels_last": str(runtime.channels_last), "stage": "train", **runtime_facts()}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{model_name}", tags=tags) as run:
         mlflow.log_params({**flatten("train", train_params.model_dump(mode="json")), "model": model_name,
                            "input_size": "x".join(map(str, model.data_config.input_size)),
@@ -104,6 +104,7 @@ def run_train(project: Project, model_name: str) -> dict[str, Any]:
             "channels_last": runtime.channels_last,
             # Images augmented during the fit (never cached features: config refuses augment + freeze_backbone).
             "augment_applied": train_params.augment and not train_params.freeze_backbone,
+            **runtime_facts(),
         }
         model_dir = project.model_dir(model_name)
         save_classifier(model, model_name, classes, project.weights(model_name))
