@@ -337,3 +337,34 @@ def test_an_enqueued_frozen_point_with_augmentation_is_refused() -> None:
     params = parse_params(raw)
     with pytest.raises(ParamsError, match=r"tune.enqueue\[0\]: train.augment applies to images only"):
         initial_points(params.tune, params.train, ["resnet10t"])
+
+
+def test_backbone_lr_ratio_is_sampled_only_where_the_backbone_learns_and_pretrained_overlays_the_recipe() -> None:
+    from catalog_classifier.config import parse_params
+    from catalog_classifier.tune import best_overrides, suggest, trial_train_params
+
+    raw = tune_params()
+    raw["tune"]["space"]["backbone_lr_ratio"] = {"low": 0.01, "high": 0.5, "log": True}
+    params = parse_params(raw)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = []
+
+    def objective(trial: optuna.Trial) -> float:
+        sampled = suggest(trial, params.tune.space, ["resnet10t"])
+        train = trial_train_params(params.train, sampled, 1)
+        seen.append((sampled["freeze_backbone"], train.backbone_lr_ratio, train.max_epochs))
+        trial.set_user_attr("weights_used", "imagenet")
+        return float(not sampled["freeze_backbone"])
+
+    study.optimize(objective, n_trials=12)
+    frozen = [ratio for is_frozen, ratio, _ in seen if is_frozen]
+    tuned = [ratio for is_frozen, ratio, _ in seen if not is_frozen]
+    assert frozen and set(frozen) == {1.0}  # a frozen backbone has no lr
+    assert tuned and all(0.01 <= ratio <= 0.5 for ratio in tuned)
+    # frozen trials keep the pipeline's epoch budget (cheap head epochs); fine-tuning ones the trial budget
+    assert {epochs for is_frozen, _, epochs in seen if is_frozen} == {params.train.max_epochs}
+    assert {epochs for is_frozen, _, epochs in seen if not is_frozen} == {1}
+    overlay = best_overrides(study)
+    assert set(overlay["train"]) == {"pretrained"}  # an ImageNet model trains with train.pretrained on top
+    assert overlay["train"]["pretrained"]["freeze_backbone"] is False
+    assert overlay["train"]["pretrained"]["backbone_lr_ratio"] == study.best_trial.params["backbone_lr_ratio"]

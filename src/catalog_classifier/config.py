@@ -260,6 +260,8 @@ class TuneSpace(_Strict):
     label_smoothing: FloatRange
     augment: list[bool] = Field(min_length=1)
     freeze_backbone: list[bool] = Field(min_length=1)
+    # Sampled for fine-tuning trials only (a frozen backbone does not learn): backbone lr = lr x this; null: 1.
+    backbone_lr_ratio: FloatRange | None = None
 
     @model_validator(mode="after")
     def _valid_values(self) -> TuneSpace:
@@ -269,6 +271,9 @@ class TuneSpace(_Strict):
             raise ValueError("label_smoothing must stay within [0, 1)")
         if any(size <= 0 for size in self.batch_size):
             raise ValueError("batch sizes must be positive")
+        ratio = self.backbone_lr_ratio
+        if ratio is not None and not 0 < ratio.low < ratio.high <= 1:
+            raise ValueError("backbone_lr_ratio must stay within (0, 1]")
         return self
 
 
@@ -290,6 +295,7 @@ class TrialPoint(_Strict):
     label_smoothing: float | None = None
     augment: bool | None = None
     freeze_backbone: bool | None = None
+    backbone_lr_ratio: float | None = None
 
 
 class TuneParams(_Strict):

