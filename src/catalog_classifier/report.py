@@ -24,7 +24,7 @@ import pandas as pd
 
 from catalog_classifier.io import read_json
 from catalog_classifier.registry import CHALLENGER, CHAMPION, HISTORY_TAG, LAST_EVENT_TAG
-from catalog_classifier.selection import SELECTION_RULE, select_candidate
+from catalog_classifier.selection import SELECTION_RULE, select_candidate, weights_label
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -259,7 +259,7 @@ def comparison_rows(models: list[ModelInputs]) -> list[ComparisonRow]:
             fit_cpu_time_s=trained.get("fit_cpu_time_s"), epochs_run=trained.get("epochs_run"),
             best_epoch=trained.get("best_epoch"), n_params=trained.get("n_params"),
             images_per_s=evaluated.get("inference_images_per_s"), latency_p50_ms=latency.get("p50"),
-            latency_p95_ms=latency.get("p95"), weights_used=trained.get("weights_used"),
+            latency_p95_ms=latency.get("p95"), weights_used=weights_label(trained),
         ))
     return rows
 

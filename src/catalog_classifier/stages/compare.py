@@ -6,7 +6,7 @@ from typing import Any
 
 from catalog_classifier.io import read_json, write_json, write_text
 from catalog_classifier.layout import Project
-from catalog_classifier.selection import SELECTION_METRIC, SELECTION_RULE, select_candidate
+from catalog_classifier.selection import SELECTION_METRIC, SELECTION_RULE, select_candidate, weights_label
 
 COMPARISON_COLUMNS = [
     ("val macro-F1 (selects)", "val_f1_macro", "{:.4f}"),
@@ -17,7 +17,7 @@ COMPARISON_COLUMNS = [
     ("epochs run (best)", "epochs", "{}"),
     ("parameters (M)", "params_m", "{:.2f}"),
     ("inference img/s", "inference_images_per_s", "{:.1f}"),
-    ("weights", "weights_used", "{}"),
+    ("weights", "weights", "{}"),
 ]
 
 
@@ -41,6 +41,7 @@ def run_compare(project: Project) -> dict[str, Any]:
             "params_m": round(trained["n_params"] / 1e6, 2),
             "inference_images_per_s": evaluated["inference_images_per_s"],
             "weights_used": trained["weights_used"],
+            "weights": weights_label(trained),
         })
     selected = select_candidate(rows)
     summary = {"models": rows, "selected": selected, "selected_by": SELECTION_METRIC,
