@@ -104,6 +104,7 @@ def commit_project(root: Path, params: dict[str, Any], ignored: list[str], messa
     for name in ("dvc.yaml", "pyproject.toml"):
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(REPO / "weights", root / "weights")  # train.weights_dir: a dependency of every train stage
     with (root / "params.yaml").open("w", encoding="utf-8") as handle:
         yaml.safe_dump(params, handle, sort_keys=False)
     (root / ".gitignore").write_text("".join(f"{path}\n" for path in ignored), encoding="utf-8")
@@ -139,7 +140,8 @@ def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> sub
 LONGEST_FIRST = (
     "test_flows.py", "test_faults.py", "test_registry.py", "test_serve.py", "test_explain_dvc.py", "test_tune.py",
     "test_pipeline_dvc.py", "test_report_browser.py", "test_registry_faults.py", "test_bench.py",
-    "test_explain.py", "test_frozen_stage.py", "test_report.py",
+    "test_explain.py", "test_frozen_stage.py", "test_report.py", "test_run_cache.py", "test_reproducibility.py",
+    "test_stage_deps.py", "test_pretrained.py",
 )
 
 

@@ -125,3 +125,22 @@ def test_mapping_refuses_a_missing_tensor() -> None:
     del raw["_blocks.3._bn2.running_mean"]
     with pytest.raises(WeightsError, match=r"no tensor for 'blocks.2.0.bn3.running_mean' \(1 of 296"):
         convert_efficientnet_pytorch(raw, timm.create_model(LITE0, pretrained=False))
+
+
+def test_gradcam_target_layer_for_efficientnet_gives_a_real_heatmap() -> None:
+    from catalog_classifier.explain import gradcam_with_probabilities, resolve_layer, target_layer_path
+
+    params = real_params()
+    path = target_layer_path(LITE0, params["explain"]["target_layers"])
+    assert path == "backbone.bn2"  # conv_head + BN + activation: the last spatial map
+    model, _ = create_classifier(LITE0, 1000, weights="imagenet", allow_fallback=False)
+    model.eval()
+    catalogue = read_catalogue(REAL_CATALOGUE, params["data"]["classes"])
+    images_dir = REAL_CATALOGUE.parent / "Images"
+    name = next(name for name in catalogue.loc[catalogue["label"] == "Watches", "image"]
+                if (images_dir / name).is_file())
+    pixels = torch.from_numpy(resize_to_array(load_rgb(images_dir / name), (224, 224), "bicubic"))[None]
+    maps, probabilities = gradcam_with_probabilities(model, resolve_layer(model, path), pixels.float() / 255,
+                                                     [409], batch_size=1)
+    assert maps.shape == (1, 224, 224) and probabilities.shape == (1, 1000)
+    assert maps.max() == pytest.approx(1.0) and maps.std() > 0.1  # a localised map, not a constant

@@ -284,3 +284,13 @@ def test_pipeline_report_stage_wrote_the_page_and_attached_it_to_every_run(tiny_
         assert Path(attached).read_bytes() == page.read_bytes()
     lock = yaml.safe_load((tiny_pipeline / "dvc.lock").read_text())["stages"]["report"]
     assert [out["path"] for out in lock["outs"]] == ["artifacts/report/index.html"]
+
+
+def test_the_seed_spread_stands_next_to_the_comparison(project: Project) -> None:
+    write(project.spread(FULL), {"n_seeds": 5, "seeds": [42, 43, 44, 45, 46],
+                                 "val": {"mean": 0.88, "std": 0.006, "min": 0.87, "max": 0.89},
+                                 "test": {"mean": 0.9, "std": 0.01, "min": 0.89, "max": 0.91}})
+    _, page = render(project)
+    spread = page.by_id["spread"]
+    assert f"{FULL}: test 0.9000 ± 0.0100 [0.8900, 0.9100], val 0.8800 ± 0.0060 over 5 seeds" in spread
+    assert f"{BARE}: not measured" in spread

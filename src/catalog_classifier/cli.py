@@ -182,6 +182,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_spread(args: argparse.Namespace) -> int:
+    from catalog_classifier.stages.spread import run_spread
+
+    project = _project(args)
+    _model_in_params(project, args.model)
+    run_spread(project, args.model, args.seeds)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from catalog_classifier.stages.report import run_report
 
@@ -269,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("tune-overrides", cmd_tune_overrides,
         "print a family's best tuned params as `dvc exp run` flags (pipe into: xargs dvc exp run)").add_argument(
         "--family", required=True, help="family of tune.families")
+    spread = add("spread", cmd_spread, "run-to-run spread: one model's recipe under N seeds, val and test "
+                 "macro-F1 (JSON beside the models; the report shows it)")
+    spread.add_argument("--model", required=True, help=MODEL_HELP)
+    spread.add_argument("--seeds", type=int, default=5, help="how many seeds, from train.seed on (default: 5)")
     add("bench", cmd_bench, "speed: training and inference against a naive loop and the machine's peak "
         "(JSON in bench.out_dir, MLflow run 'bench')").add_argument(
         "--quick", action="store_true", help="a few images and steps, no compile: a smoke run, not a measurement")

@@ -40,6 +40,10 @@ class Project:
         relative = self.params.train.weights_files.get(model)
         return None if relative is None else self.path(relative)
 
+    def spread(self, model: str) -> Path:
+        """Seed-spread measurement of ``model`` (catalog-classifier spread), beside the models' folder."""
+        return self.path(self.params.train.out_dir).parent / "spread" / f"{model}.json"
+
     def model_dir(self, model: str) -> Path:
         return self.path(self.params.train.out_dir) / model
 

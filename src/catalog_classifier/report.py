@@ -68,6 +68,7 @@ class ModelInputs:
     confusion: Path | None = None
     explain: ExplainInputs | None = None
     missing: dict[str, str] = field(default_factory=dict)  # section -> the optional file that was not there
+    spread: dict[str, Any] | None = None  # catalog-classifier spread: the recipe under several seeds
 
 
 @dataclass(frozen=True)
@@ -156,8 +157,11 @@ def collect_model(project: Project, model: str) -> ModelInputs:
     explained, absent = _explain(project, model)
     if absent:
         missing["explain"] = absent
+    # Not a DVC dependency: a measurement of training noise (like bench), shown as found when the page is written.
+    spread = _optional(project.spread(model))
     return ModelInputs(model, trained, evaluated, run_id=(run or {}).get("run_id"), history=history,
-                       confusion=confusion if confusion.is_file() else None, explain=explained, missing=missing)
+                       confusion=confusion if confusion.is_file() else None, explain=explained, missing=missing,
+                       spread=spread)
 
 
 def collect(project: Project, registry: RegistryState, generated_at: str = "",
@@ -518,6 +522,24 @@ COMPARISON_HEADER = ["model", "test macro-F1", "val macro-F1", "test accuracy", 
                      "latency p50 / p95 (ms, 1 image)", "weights"]
 
 
+def _spread_note(models: list[ModelInputs]) -> str:
+    """How far a single run's figures move with the seed: the error bar of every comparison above."""
+    lines = []
+    for model in models:
+        spread = model.spread
+        if not spread:
+            lines.append(f"{esc(model.name)}: not measured")
+            continue
+        test, val = spread["test"], spread["val"]
+        lines.append(f"{esc(model.name)}: test {test['mean']:.4f} ± {test['std']:.4f} "
+                     f"[{test['min']:.4f}, {test['max']:.4f}], val {val['mean']:.4f} ± {val['std']:.4f} over "
+                     f"{spread['n_seeds']} seeds")
+    return ("<p class='note' id='spread'>Run-to-run spread (same data, split and recipe, another seed; "
+            "`catalog-classifier spread`): " + "; ".join(lines) + ". Training is bit-identical only with the same "
+            "seed, threads, bf16 and CPU instruction set, so a run on another machine moves like a new seed: read "
+            "a difference between two rows against these spreads (one test image is 0.6 % of the split).</p>")
+
+
 def _comparison_section(rows: list[ComparisonRow], best: str) -> str:
     header = "".join(f"<th>{esc(title)}</th>" for title in COMPARISON_HEADER)
     body = []
@@ -818,7 +840,7 @@ def render_html(inputs: ReportInputs, settings: EmbedSettings | None = None) -> 
     bodies = {
         "overview": _overview(inputs, rows, best),
         "data": _data_section(inputs),
-        "comparison": _comparison_section(rows, best),
+        "comparison": _comparison_section(rows, best) + _spread_note(inputs.models),
         "curves": _curves_section(inputs, settings),
         "confusion": _confusion_section(inputs, settings),
         "per-class": _per_class_section(inputs, settings),

@@ -1,0 +1,50 @@
+"""Spread action: one model's recipe under several seeds (val and test macro-F1), for the README and the report.
+
+Not a DVC stage: it measures the noise of training, which a reader needs beside every comparison, but no stage
+consumes it. Output: ``<train.out_dir>/../spread/<model>.json`` via :meth:`Project.spread`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from catalog_classifier.data import decode_manifest
+from catalog_classifier.io import write_json
+from catalog_classifier.layout import Project
+from catalog_classifier.models import create_classifier
+from catalog_classifier.runtime import resolve_runtime
+from catalog_classifier.split import SPLITS
+from catalog_classifier.spread import seed_spread, spread_seeds
+from catalog_classifier.stages.split import read_manifest
+from catalog_classifier.train import settings_from
+
+log = logging.getLogger(__name__)
+
+
+def run_spread(project: Project, model_name: str, n_seeds: int) -> dict[str, Any]:
+    params = project.params
+    train_params = params.train
+    runtime = resolve_runtime(train_params.channels_last, train_params.bf16, train_params.num_threads)
+
+    def create():  # noqa: ANN202 - the factory the library calls once per seed
+        return create_classifier(model_name, len(params.data.classes), weights=train_params.weights,
+                                 weights_file=project.weights_file(model_name),
+                                 allow_fallback=train_params.allow_random_fallback,
+                                 image_size=train_params.image_size)
+
+    probe, weights = create()
+    recipe = train_params.recipe_for(weights.used)
+    images_dir = project.path(params.data.images_dir)
+    images = {split: decode_manifest(read_manifest(project, split), images_dir, probe.data_config)
+              for split in SPLITS}
+    summary = seed_spread(create, images, settings_from(recipe), recipe.freeze_backbone, runtime,
+                          spread_seeds(train_params.seed, n_seeds), len(params.data.classes),
+                          params.evaluate.batch_size)
+    summary.update(model=model_name, weights_used=weights.used, weights_source=weights.source,
+                   threads=runtime.threads, bf16=runtime.bf16)
+    write_json(project.spread(model_name), summary)
+    print(f"{model_name}: {n_seeds} seeds, val macro-F1 {summary['val']['mean']:.4f} ± {summary['val']['std']:.4f} "
+          f"[{summary['val']['min']:.4f}, {summary['val']['max']:.4f}], test {summary['test']['mean']:.4f} ± "
+          f"{summary['test']['std']:.4f} [{summary['test']['min']:.4f}, {summary['test']['max']:.4f}]")
+    return summary
