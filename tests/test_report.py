@@ -294,3 +294,15 @@ def test_the_seed_spread_stands_next_to_the_comparison(project: Project) -> None
     spread = page.by_id["spread"]
     assert f"{FULL}: test 0.9000 ± 0.0100 [0.8900, 0.9100], val 0.8800 ± 0.0060 over 5 seeds" in spread
     assert f"{BARE}: not measured" in spread
+
+
+def test_the_study_example_is_shown_for_the_champion(project: Project) -> None:
+    _, page = render(project)  # no promotion: the selected model (BARE, by validation) has no explanation
+    assert f"No explanation of a named example image for {BARE}." in page.by_id["explanations"]
+    write(project.promotion_report(), {"version": "2", "champion_after": "2", "source_model": FULL,
+                                       "decision": "promoted", "registered_model": "catalog-classifier"})
+    _, page = render(project)
+    example = page.by_id["study-example"]
+    assert f"The study's example image, explained by the champion ({FULL})" in example
+    assert any(image["alt"] == "x.jpg: image, SHAP, Grad-CAM" and image.get("data-model") == FULL
+               for image in page.images)

@@ -684,8 +684,33 @@ def _explain_model(model: ModelInputs, settings: EmbedSettings) -> str:
     return f'<div class="explain-model" data-model="{esc(model.name)}">{"".join(parts)}</div>'
 
 
-def _explain_section(inputs: ReportInputs, settings: EmbedSettings) -> str:
-    return "".join(_explain_model(model, settings) for model in inputs.models)
+def _serving_model(inputs: ReportInputs, selected: str) -> tuple[str, str]:
+    """The model this run made champion, else the selected candidate (what a reader most wants explained)."""
+    promotion = inputs.promotion or {}
+    if promotion.get("version") and promotion.get("champion_after") == promotion.get("version"):
+        return str(promotion.get("source_model") or selected), "champion"
+    return selected, "selected model (not champion)"
+
+
+def _study_example(inputs: ReportInputs, settings: EmbedSettings, selected: str) -> str:
+    """The study's own image (explain.images), SHAP beside Grad-CAM, for the champion: the study's closing figure."""
+    name, role = _serving_model(inputs, selected)
+    model = next((model for model in inputs.models if model.name == name), None)
+    explained = model.explain if model else None
+    records = [record for record in (explained.summary.get("local", []) if explained else [])
+               if record.get("kind") == "named"]
+    if explained is None or not records or not (explained.directory / str(records[0].get("figure", ""))).is_file():
+        return _missing(f"No explanation of a named example image for {esc(name)}.")
+    record = records[0]
+    image = _img(embed_image(explained.directory / str(record["figure"]), settings),
+                 f"{record.get('image')}: image, SHAP, Grad-CAM", class_="local", data_model=name)
+    return (f"<div id='study-example'><h3>The study's example image, explained by the {role} ({esc(name)})</h3>"
+            f"<figure class='wide'>{image}<figcaption>{_local_caption(record)}</figcaption></figure></div>")
+
+
+def _explain_section(inputs: ReportInputs, settings: EmbedSettings, selected: str = "") -> str:
+    return _study_example(inputs, settings, selected) + "".join(
+        _explain_model(model, settings) for model in inputs.models)
 
 
 def _version_label(version: str | None) -> str:
@@ -844,7 +869,7 @@ def render_html(inputs: ReportInputs, settings: EmbedSettings | None = None) -> 
         "curves": _curves_section(inputs, settings),
         "confusion": _confusion_section(inputs, settings),
         "per-class": _per_class_section(inputs, settings),
-        "explanations": _explain_section(inputs, settings),
+        "explanations": _explain_section(inputs, settings, best),
         "registry": _registry_section(inputs),
     }
     nav = "".join(f'<a href="#{key}">{esc(title)}</a>' for key, title in SECTIONS)
