@@ -13,7 +13,8 @@ from catalog_classifier.config import ParamsError, load_params, parse_params
 
 def test_real_params_load_with_exact_fractions() -> None:
     params = load_params(REPO / "params.yaml")
-    assert params.models == ["resnet50", "mobilevitv2_100"]
+    assert params.models == ["resnet50", "mobilevitv2_100", "tf_efficientnet_lite0"]
+    assert params.train.pretrained.freeze_backbone is True  # the recipe of ImageNet models (docs/transfer-learning.md)
     assert params.split.fractions.train == pytest.approx(2 / 3)
     assert params.split.fractions.val == pytest.approx(1 / 6)
     assert params.train.max_epochs == 50 and params.train.patience == 5

@@ -158,7 +158,8 @@ def test_resume_finishes_the_remaining_trials_without_duplicates(tuned: dict[str
     assert len(states) == N_TRIALS + 1 and set(states[3:]) <= {"COMPLETE", "PRUNED"}
     assert study.trials[0].params == {"model": "resnet10t", "lr": 0.003, "weight_decay": 0.05, "batch_size": 8,
                                       "label_smoothing": 0.0, "augment": False, "freeze_backbone": False}
-    assert study.trials[1].params == {"model": "resnet10t", **WEAK_POINT}
+    # the weak point is frozen: augment is not a parameter of a frozen trial (it trains without)
+    assert study.trials[1].params == {"model": "resnet10t", **{k: v for k, v in WEAK_POINT.items() if k != "augment"}}
     # A resumed sampler must not replay the first process's draws.
     drawn = [tuple(sorted(trial.params.items())) for trial in study.trials if trial.params]
     assert len(set(drawn)) == len(drawn)
@@ -224,9 +225,10 @@ def test_best_params_yaml_applies_with_dvc_exp_run(tuned: dict[str, Any], capsys
     best = study.best_trial
     text = (root / "artifacts/tune/tiny/best_params.yaml").read_text()
     overlay = yaml.safe_load(text)
-    sampled = {"augment": False, **best.params}  # a frozen trial never samples augment: it trained without
+    # a frozen trial never samples augment (it trained without); this space has no backbone_lr_ratio range (1)
+    sampled = {"augment": False, "backbone_lr_ratio": 1.0, **best.params}
     expected = {key: sampled[key] for key in ("lr", "weight_decay", "batch_size", "label_smoothing", "augment",
-                                              "freeze_backbone")}
+                                              "freeze_backbone", "backbone_lr_ratio")}
     assert overlay == {"models": [best.params["model"]], "train": expected}
     args = build_parser().parse_args(["tune-overrides", "--family", FAMILY, "--params", str(root / "params.yaml")])
     assert args.handler(args) == 0
