@@ -182,3 +182,25 @@ def test_run_bounded_reports_result_failure_and_timeout() -> None:
     started = time.perf_counter()
     stopped = run_bounded(time.sleep, (600,), 1.0)
     assert stopped["status"] == "timeout" and time.perf_counter() - started < 60
+
+
+def test_a_frozen_pipeline_run_is_not_taken_for_full_fine_tuning(tmp_path: Path) -> None:
+    import json
+
+    import yaml
+    from conftest import tiny_params
+
+    from catalog_classifier.layout import Project
+    from catalog_classifier.stages.bench import recorded_full_fit
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()), encoding="utf-8")
+    project = Project.load(tmp_path / "params.yaml")
+    model = project.params.models[0]
+    project.train_metrics(model).parent.mkdir(parents=True)
+    project.train_metrics(model).write_text(json.dumps({"fit_time_s": 10.3, "freeze_backbone": True,
+                                                        "weights_used": "imagenet"}), encoding="utf-8")
+    figures = recorded_full_fit(project, model)
+    assert figures["fit_time_s"] is None and "itself frozen-backbone" in figures["note"]
+    comparison = frozen_versus_full({"n_images": {"train": 4, "val": 2}, "feature_s": 1.0, "head_fit_s": 1.0},
+                                    figures, n_train=4, n_val=2, estimated_full_fit_s=None)
+    assert comparison["speedup"] is None and comparison["meets_target"] is None  # not a 0.5x "speed-up"

@@ -81,6 +81,10 @@ def recorded_full_fit(project: Project, model_name: str) -> dict[str, Any]:
         train = read_json(project.train_metrics(model_name))
         figures.update(fit_time_s=train.get("fit_time_s"), fit_cpu_time_s=train.get("fit_cpu_time_s"),
                        epochs_run=train.get("epochs_run"), weights_used=train.get("weights_used"))
+        if train.get("freeze_backbone"):
+            # The pipeline's own recipe was frozen (e.g. train.pretrained): there is no full fine-tuning to compare.
+            figures.update(fit_time_s=None, note="the pipeline's run was itself frozen-backbone (no full fit)")
+            return figures
     if project.eval_metrics(model_name).is_file():
         figures["test_f1_macro"] = read_json(project.eval_metrics(model_name))["test"]["f1_macro"]
     return figures
@@ -102,8 +106,9 @@ def _frozen(project: Project, model_name: str, runtime: Runtime, n_train: int, n
             manifest = manifest.sample(n=min(bench.frozen_max_images, len(manifest)), random_state=bench.seed)
         splits[split] = decode_manifest(manifest, images_dir, model.data_config)
     log.info("%s: frozen backbone (cached features, head only; weights %s)", model_name, weights.used)
-    frozen = frozen_figures(model, splits, settings_from(params.train), runtime, params.train.seed,
-                            len(params.data.classes))
+    # The settings the pipeline would train this model with (train.pretrained for an ImageNet backbone).
+    frozen = frozen_figures(model, splits, settings_from(params.train.recipe_for(weights.used)), runtime,
+                            params.train.seed, len(params.data.classes))
     frozen["weights_used"] = weights.used
     return frozen_versus_full(frozen, recorded_full_fit(project, model_name), n_train, n_val,
                               estimated_full_fit_s)
