@@ -515,6 +515,8 @@ def _fmt(value: Any, spec: str = ".1f") -> str:
 def _target(value: float | None, unit: str, met: bool | None) -> str:
     if value is None:
         return ""
+    if met is None:  # nothing measured to hold against the target (e.g. no full fit recorded)
+        return f" (target {value:g}{unit}: nothing to compare)"
     return f" (target {value:g}{unit}: {'met' if met else 'not met'})"
 
 
