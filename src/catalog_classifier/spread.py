@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from catalog_classifier.data import ImageSet
@@ -87,4 +86,4 @@ def seed_spread(
 
 def spread_seeds(base_seed: int, count: int) -> list[int]:
     """``count`` seeds starting at the pipeline's own (so the pipeline's run is one of them)."""
-    return list(np.arange(base_seed, base_seed + count).tolist())
+    return list(range(base_seed, base_seed + count))

@@ -12,7 +12,7 @@ from typing import Any
 from catalog_classifier.data import decode_manifest
 from catalog_classifier.io import write_json
 from catalog_classifier.layout import Project
-from catalog_classifier.models import create_classifier
+from catalog_classifier.models import Classifier, WeightsInfo, create_classifier
 from catalog_classifier.runtime import resolve_runtime
 from catalog_classifier.split import SPLITS
 from catalog_classifier.spread import seed_spread, spread_seeds
@@ -27,7 +27,7 @@ def run_spread(project: Project, model_name: str, n_seeds: int) -> dict[str, Any
     train_params = params.train
     runtime = resolve_runtime(train_params.channels_last, train_params.bf16, train_params.num_threads)
 
-    def create():  # noqa: ANN202 - the factory the library calls once per seed
+    def create() -> tuple[Classifier, WeightsInfo]:  # the library builds a fresh model per seed
         return create_classifier(model_name, len(params.data.classes), weights=train_params.weights,
                                  weights_file=project.weights_file(model_name),
                                  allow_fallback=train_params.allow_random_fallback,
