@@ -25,11 +25,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from catalog_classifier import dvc_ops
-from catalog_classifier.config import PARAMS_FILE, OrchestrationParams, ParamsError, load_params
-from catalog_classifier.layout import Project
-from catalog_classifier.param_overrides import validate_overrides, write_overrides
-from catalog_classifier.run_summary import model_rows, promotion_record, summary_markdown
+from catalog_classifier.config.layout import Project
+from catalog_classifier.config.overrides import validate_overrides, write_overrides
+from catalog_classifier.config.params import PARAMS_FILE, OrchestrationParams, ParamsError, load_params
+from catalog_classifier.ops import dvc_ops
+from catalog_classifier.reporting.run_summary import model_rows, promotion_record, summary_markdown
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SUMMARY_ARTIFACT = "pipeline-summary"

@@ -25,10 +25,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from catalog_classifier import dvc_ops
-from catalog_classifier.config import PARAMS_FILE, OrchestrationParams, ParamsError, load_params
-from catalog_classifier.run_summary import PROMOTE_STAGE
-from catalog_classifier.tracking import data_version
+from catalog_classifier.config.params import PARAMS_FILE, OrchestrationParams, ParamsError, load_params
+from catalog_classifier.ops import dvc_ops
+from catalog_classifier.registry.tracking import data_version
+from catalog_classifier.reporting.run_summary import PROMOTE_STAGE
 from flows.pipeline import pipeline, prefect_api, project_root
 
 RETRAIN_ARTIFACT = "retraining"

@@ -28,7 +28,7 @@ def ensure_split(project_root: str) -> None:
 @task(name="tune-family", task_run_name="tune-{family}", retries=1, retry_delay_seconds=30)
 def tune_family(params_file: str, family: str, n_trials: int | None, timeout_s: float | None) -> dict[str, Any]:
     """One family's study, run or continued until it holds ``n_trials`` finished trials."""
-    from catalog_classifier.layout import Project
+    from catalog_classifier.config.layout import Project
     from catalog_classifier.stages.tune import run_tune
 
     summary = run_tune(Project.load(params_file), family, n_trials=n_trials, timeout_s=timeout_s)
@@ -42,7 +42,7 @@ def tune_family(params_file: str, family: str, n_trials: int | None, timeout_s: 
 def tune(params_file: str = "params.yaml", families: list[str] | None = None, n_trials: int | None = None,
          timeout_s: float | None = None) -> dict[str, dict[str, Any]]:
     """Every family of ``tune.families`` (or those given), one after the other: they share the CPU."""
-    from catalog_classifier.layout import Project
+    from catalog_classifier.config.layout import Project
 
     project = Project.load(params_file)
     ensure_split(str(project.root))

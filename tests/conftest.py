@@ -77,7 +77,7 @@ def tiny_params(**train_overrides: Any) -> dict[str, Any]:
 
 def write_tiny_catalogue(data_dir: Path, real: Path, per_class: int) -> pd.DataFrame:
     """A Flipkart-format catalogue of ``per_class`` real images per class (present files only)."""
-    from catalog_classifier.catalogue import read_catalogue
+    from catalog_classifier.data.catalogue import read_catalogue
 
     classes = real_params()["data"]["classes"]
     raw = pd.read_csv(REAL_CATALOGUE, dtype=str, keep_default_na=False)

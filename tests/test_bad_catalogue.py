@@ -10,8 +10,8 @@ import pytest
 from badinput_support import run_cli, write_params
 from conftest import tiny_params
 
-from catalog_classifier.catalogue import CatalogueError, read_catalogue
 from catalog_classifier.cli import main
+from catalog_classifier.data.catalogue import CatalogueError, read_catalogue
 
 CLASSES = tiny_params()["data"]["classes"]
 BABY, WATCHES = CLASSES[0], CLASSES[-1]

@@ -31,8 +31,8 @@ from badinput_support import (
 )
 from PIL import Image
 
-from catalog_classifier.images import ImageLoadError, file_sha256, load_rgb
-from catalog_classifier.quality import audit_catalogue, check_image, format_report
+from catalog_classifier.data.images import ImageLoadError, file_sha256, load_rgb
+from catalog_classifier.data.quality import audit_catalogue, check_image, format_report
 
 CLASSES = ["A", "B"]
 # Lossless formats must match exactly; JPEG may drift a little (chroma subsampling, rounding).
@@ -200,8 +200,7 @@ def test_audit_excludes_each_broken_image_with_its_reason_and_keeps_the_rest(zoo
 
 
 def test_usable_awkward_images_decode_into_training_tensors(zoo: Path) -> None:
-    from catalog_classifier.data import decode_manifest
-    from catalog_classifier.models import DataConfig
+    from catalog_classifier.data.imageset import DataConfig, decode_manifest
 
     names = sorted(LOADED)
     manifest = pd.DataFrame({"image": names, "label": "A", "label_id": 0})
@@ -217,7 +216,7 @@ def test_usable_awkward_images_decode_into_training_tensors(zoo: Path) -> None:
 # Loads a ~100-megapixel JPEG in a fresh interpreter and reports how much the peak RSS grew while doing it.
 _MEASURE = """
 import json, resource, sys
-from catalog_classifier.images import load_rgb
+from catalog_classifier.data.images import load_rgb
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 image = load_rgb(sys.argv[1])
 grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before

@@ -14,16 +14,16 @@ import yaml
 from conftest import tiny_params, write_tiny_catalogue
 
 from catalog_classifier import cli
-from catalog_classifier.bench import compile_verdict, frozen_versus_full
-from catalog_classifier.bounded import run_bounded
-from catalog_classifier.data import ImageSet, to_float
-from catalog_classifier.frozen import UnscaledHead, extract_features, fit_frozen
-from catalog_classifier.io import read_json, write_json
-from catalog_classifier.layout import Project
-from catalog_classifier.models import create_classifier
-from catalog_classifier.runtime import Runtime
+from catalog_classifier.config.layout import Project
+from catalog_classifier.data.imageset import ImageSet, to_float
+from catalog_classifier.modeling.benchmark import compile_verdict, frozen_versus_full
+from catalog_classifier.modeling.frozen import UnscaledHead, extract_features, fit_frozen
+from catalog_classifier.modeling.models import create_classifier
+from catalog_classifier.modeling.training import FitSettings, predict_logits
+from catalog_classifier.ops.bounded import run_bounded
+from catalog_classifier.ops.io import read_json, write_json
+from catalog_classifier.ops.runtime import Runtime
 from catalog_classifier.stages.split import run_split
-from catalog_classifier.train import FitSettings, predict_logits
 
 RECORDED_FIT_S = 120.0
 RECORDED_TEST_F1 = 0.5
@@ -190,7 +190,7 @@ def test_a_frozen_pipeline_run_is_not_taken_for_full_fine_tuning(tmp_path: Path)
     import yaml
     from conftest import tiny_params
 
-    from catalog_classifier.layout import Project
+    from catalog_classifier.config.layout import Project
     from catalog_classifier.stages.bench import recorded_full_fit
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()), encoding="utf-8")

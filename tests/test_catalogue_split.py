@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 from conftest import REAL_CATALOGUE, REPO, real_params
 
-from catalog_classifier.catalogue import CatalogueError, first_category, read_catalogue
-from catalog_classifier.config import load_params
-from catalog_classifier.layout import Project
-from catalog_classifier.quality import audit_catalogue
-from catalog_classifier.split import class_targets, split_catalogue
+from catalog_classifier.config.layout import Project
+from catalog_classifier.config.params import load_params
+from catalog_classifier.data.catalogue import CatalogueError, first_category, read_catalogue
+from catalog_classifier.data.quality import audit_catalogue
+from catalog_classifier.data.splitting import class_targets, split_catalogue
 from catalog_classifier.stages.split import run_split
 
 CLASSES = real_params()["data"]["classes"]

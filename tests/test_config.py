@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import REPO, real_params
 
-from catalog_classifier.config import ParamsError, load_params, parse_params
+from catalog_classifier.config.params import ParamsError, load_params, parse_params
 
 
 def test_real_params_load_with_exact_fractions() -> None:

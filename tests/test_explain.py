@@ -20,11 +20,11 @@ import torch
 from conftest import real_params
 from PIL import Image
 
-from catalog_classifier import explain as ex
-from catalog_classifier.data import ImageSet
-from catalog_classifier.models import create_classifier
-from catalog_classifier.runtime import Runtime, seed_everything
-from catalog_classifier.train import FitSettings, fit
+from catalog_classifier.data.imageset import ImageSet
+from catalog_classifier.explanations import attribution as ex
+from catalog_classifier.modeling.models import create_classifier
+from catalog_classifier.modeling.training import FitSettings, fit
+from catalog_classifier.ops.runtime import Runtime, seed_everything
 
 SIZE, SQUARE, CLASSES = 64, 16, 4
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -248,7 +248,7 @@ def test_the_faithfulness_baseline_does_not_depend_on_the_shap_blur() -> None:
     """Deletion and insertion share one baseline fixed by explain.faithfulness, never by SHAP's masker."""
     from conftest import tiny_params
 
-    from catalog_classifier.config import parse_params
+    from catalog_classifier.config.params import parse_params
 
     images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     seen: list[torch.Tensor] = []

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import make_tiny_project, run
 
-from catalog_classifier.explain import METHODS, auc
+from catalog_classifier.explanations.attribution import METHODS, auc
 
 pytestmark = pytest.mark.slow
 

@@ -33,10 +33,10 @@ from badinput_support import (
 )
 from conftest import tiny_params
 
-import catalog_classifier.datacheck as datacheck
+import catalog_classifier.data.datacheck as datacheck
 from catalog_classifier.cli import main
-from catalog_classifier.interrupts import Terminated, exit_status, mark_interrupted_run_killed
-from catalog_classifier.io import atomic_path, write_json
+from catalog_classifier.ops.interrupts import Terminated, exit_status, mark_interrupted_run_killed
+from catalog_classifier.ops.io import atomic_path, write_json
 
 pytestmark = pytest.mark.slow
 
@@ -214,7 +214,7 @@ def test_killed_run_is_marked_killed_and_the_rerun_finishes(project: Path, inter
 
 
 def test_rerun_outputs_are_complete_and_consistent(project: Path, interrupted: dict[str, Any]) -> None:
-    from catalog_classifier.models import load_classifier
+    from catalog_classifier.modeling.models import load_classifier
 
     model_dir = project / "artifacts/models" / MODEL
     assert [name for name in files_under(model_dir) if name.startswith(".")] == []  # no temp files

@@ -24,10 +24,10 @@ import yaml
 from conftest import REPO, make_tiny_project, run, tiny_params
 from server_helpers import free_port
 
-from catalog_classifier import dvc_ops
-from catalog_classifier.config import ParamsError
-from catalog_classifier.param_overrides import write_overrides
-from catalog_classifier.run_summary import model_decision, summary_markdown
+from catalog_classifier.config.overrides import write_overrides
+from catalog_classifier.config.params import ParamsError
+from catalog_classifier.ops import dvc_ops
+from catalog_classifier.reporting.run_summary import model_decision, summary_markdown
 
 MODEL = "resnet10t"
 # The flow's own overrides shrink the tiny project further: one model, one epoch.

@@ -9,14 +9,14 @@ import torch
 import yaml
 from conftest import tiny_params
 
-from catalog_classifier.data import ImageSet
-from catalog_classifier.frozen import fit_model
-from catalog_classifier.io import read_json
-from catalog_classifier.layout import Project
-from catalog_classifier.models import create_classifier, load_classifier
-from catalog_classifier.runtime import Runtime
+from catalog_classifier.config.layout import Project
+from catalog_classifier.data.imageset import ImageSet
+from catalog_classifier.modeling.frozen import fit_model
+from catalog_classifier.modeling.models import create_classifier, load_classifier
+from catalog_classifier.modeling.training import FitSettings
+from catalog_classifier.ops.io import read_json
+from catalog_classifier.ops.runtime import Runtime
 from catalog_classifier.stages.train import run_train
-from catalog_classifier.train import FitSettings
 
 FP32 = Runtime(threads=1, channels_last=False, bf16=False)
 
@@ -85,7 +85,7 @@ def test_frozen_fit_refuses_augmentation_instead_of_scrambling_cached_features()
 def test_params_reject_augment_with_a_frozen_backbone(tmp_path: Path) -> None:
     import pytest
 
-    from catalog_classifier.config import ParamsError, parse_params
+    from catalog_classifier.config.params import ParamsError, parse_params
 
     with pytest.raises(ParamsError, match="train.augment applies to images only"):
         parse_params(tiny_params(freeze_backbone=True, augment=True))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from catalog_classifier.io import CorruptFileError, atomic_open, read_json, write_json
+from catalog_classifier.ops.io import CorruptFileError, atomic_open, read_json, write_json
 
 
 def test_failed_write_keeps_the_previous_content(tmp_path: Path) -> None:

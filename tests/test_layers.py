@@ -15,6 +15,13 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "catalog_classifier"
 ENTRY_POINTS = {"cli.py", "__main__.py"}
 ABOVE_LIBRARY = ("catalog_classifier.stages", "catalog_classifier.cli", "catalog_classifier.__main__", "flows")
 ABOVE_STAGES = ("catalog_classifier.cli", "catalog_classifier.__main__", "flows")
+# The library's own layers, bottom up: a subpackage may import its own modules and those of lower ranks only.
+# Equal ranks are siblings that never import each other.
+RANKS = {"ops": 0, "config": 1, "data": 2, "modeling": 3, "explanations": 4, "registry": 4, "tuning": 5,
+         "reporting": 6}
+# Top-level library modules: the legacy import path of the served model sits with the registry.
+TOP_LEVEL = {"serving": "registry"}
+PACKAGE_MAP = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def imports(source: str) -> list[tuple[int, str]]:
@@ -36,11 +43,80 @@ def upward(path: Path, forbidden: tuple[str, ...]) -> list[str]:
             if any(module == prefix or module.startswith(f"{prefix}.") for prefix in forbidden)]
 
 
-LIBRARY = sorted(path for path in SRC.glob("*.py") if path.name not in ENTRY_POINTS)
+LIBRARY = sorted(path for path in SRC.rglob("*.py")
+                 if path.relative_to(SRC).parts[0] not in ("stages", *ENTRY_POINTS))
 STAGES = sorted((SRC / "stages").glob("*.py"))
 
 
-@pytest.mark.parametrize("path", LIBRARY, ids=lambda path: path.name)
+def layer_of(module: str) -> str | None:
+    """The library layer of ``catalog_classifier.<layer>...`` (None for the package root, stages, cli, flows)."""
+    parts = module.split(".")
+    if parts[0] != "catalog_classifier" or len(parts) < 2:
+        return None
+    return parts[1] if parts[1] in RANKS else TOP_LEVEL.get(parts[1])
+
+
+def across_layers(path: Path, relative: Path | None = None) -> list[str]:
+    """Imports from a library layer that is not below (or equal to) the importing module's own layer.
+
+    ``relative`` is the module's place in the package (default: where ``path`` is under src/catalog_classifier).
+    """
+    relative = relative or path.relative_to(SRC)
+    if relative == Path("__init__.py"):
+        return []  # the package root holds only its docstring
+    own = relative.parts[0] if len(relative.parts) > 1 else TOP_LEVEL[relative.stem]
+    found = []
+    for line, module in imports(path.read_text(encoding="utf-8")):
+        layer = layer_of(module)
+        if layer is not None and layer != own and RANKS[layer] >= RANKS[own]:
+            found.append(f"{relative}:{line} ({own}) imports {module} ({layer})")
+    return found
+
+
+def test_every_library_folder_is_a_ranked_layer() -> None:
+    folders = {path.name for path in SRC.iterdir() if path.is_dir() and (path / "__init__.py").is_file()}
+    assert folders - {"stages"} == set(RANKS)
+    top = {path.stem for path in SRC.glob("*.py")} - {"__init__", *(name[:-3] for name in ENTRY_POINTS)}
+    assert top == set(TOP_LEVEL)
+
+
+@pytest.mark.parametrize("path", LIBRARY, ids=lambda path: path.relative_to(SRC).as_posix())
+def test_a_library_layer_imports_only_layers_below_it(path: Path) -> None:
+    assert not across_layers(path)
+
+
+def test_module_names_are_unique_in_the_package() -> None:
+    stems = [path.stem for path in SRC.rglob("*.py") if path.stem != "__init__"]
+    assert sorted(stem for stem in set(stems) if stems.count(stem) > 1) == []
+    folders = {path.name for path in SRC.iterdir() if path.is_dir()}
+    assert not folders & set(stems)
+
+
+def test_every_subpackage_says_what_lives_there_and_what_it_may_import() -> None:
+    for layer in RANKS:
+        doc = ast.get_docstring(ast.parse((SRC / layer / "__init__.py").read_text(encoding="utf-8")))
+        assert doc and "Imports" in doc, f"{layer}/__init__.py has no docstring saying what it may import"
+
+
+def test_the_readme_package_map_names_every_subpackage_and_stage() -> None:
+    readme = PACKAGE_MAP.read_text(encoding="utf-8")
+    for layer in [*RANKS, "stages"]:
+        assert f"{layer}/" in readme, f"README's package map does not name {layer}/"
+    for stage in STAGES:
+        if stage.stem != "__init__":
+            assert stage.stem in readme, f"README's package map does not name the {stage.stem} stage"
+
+
+def test_the_rank_check_sees_an_upward_import(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("from catalog_classifier.ops.io import write_json\n\ndef f():\n"
+                     "    from catalog_classifier.modeling.models import create_classifier\n", encoding="utf-8")
+    assert across_layers(probe, Path("data/probe.py")) == [
+        "data/probe.py:4 (data) imports catalog_classifier.modeling.models (modeling)",
+        "data/probe.py:4 (data) imports catalog_classifier.modeling.models.create_classifier (modeling)"]
+
+
+@pytest.mark.parametrize("path", LIBRARY, ids=lambda path: path.relative_to(SRC).as_posix())
 def test_the_library_never_imports_stages_the_cli_or_flows(path: Path) -> None:
     assert not upward(path, ABOVE_LIBRARY)
 

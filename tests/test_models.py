@@ -9,8 +9,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from catalog_classifier.models import create_classifier, freeze_backbone, load_classifier, save_classifier
-from catalog_classifier.pretrained import WeightsError
+from catalog_classifier.modeling.models import create_classifier, freeze_backbone, load_classifier, save_classifier
+from catalog_classifier.modeling.pretrained import WeightsError
 
 
 def test_preprocessing_comes_from_each_models_own_config() -> None:

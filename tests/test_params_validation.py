@@ -12,8 +12,8 @@ from badinput_support import run_cli, write_params
 from conftest import tiny_params
 
 from catalog_classifier.cli import main
-from catalog_classifier.config import ParamsError, load_params
-from catalog_classifier.layout import Project
+from catalog_classifier.config.layout import Project
+from catalog_classifier.config.params import ParamsError, load_params
 
 
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:

@@ -13,7 +13,7 @@ import yaml
 from conftest import tiny_params
 
 from catalog_classifier.cli import main
-from catalog_classifier.models import ModelError, create_classifier, load_classifier, save_classifier
+from catalog_classifier.modeling.models import ModelError, create_classifier, load_classifier, save_classifier
 
 MODEL = "resnet10t"
 

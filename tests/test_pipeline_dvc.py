@@ -72,7 +72,7 @@ def test_mlflow_has_one_run_per_model_with_params_metrics_tags(reproduced: Path)
 
 
 def test_logged_model_loads_back_with_identical_predictions(reproduced: Path) -> None:
-    from catalog_classifier.models import load_classifier
+    from catalog_classifier.modeling.models import load_classifier
 
     mlflow.set_tracking_uri(f"sqlite:///{reproduced}/mlruns/mlflow.db")
     model = TINY_MODELS[1]

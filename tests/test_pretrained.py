@@ -13,10 +13,10 @@ import timm
 import torch
 from conftest import REAL_CATALOGUE, real_params
 
-from catalog_classifier.catalogue import read_catalogue
-from catalog_classifier.images import file_sha256, load_rgb, resize_to_array
-from catalog_classifier.models import create_classifier
-from catalog_classifier.pretrained import (
+from catalog_classifier.data.catalogue import read_catalogue
+from catalog_classifier.data.images import file_sha256, load_rgb, resize_to_array
+from catalog_classifier.modeling.models import create_classifier
+from catalog_classifier.modeling.pretrained import (
     WeightsError,
     convert_efficientnet_pytorch,
     packaged_checkpoint,
@@ -127,7 +127,7 @@ def test_mapping_refuses_a_missing_tensor() -> None:
 
 
 def test_gradcam_target_layer_for_efficientnet_gives_a_real_heatmap() -> None:
-    from catalog_classifier.explain import gradcam_with_probabilities, resolve_layer, target_layer_path
+    from catalog_classifier.explanations.attribution import gradcam_with_probabilities, resolve_layer, target_layer_path
 
     params = real_params()
     path = target_layer_path(LITE0, params["explain"]["target_layers"])

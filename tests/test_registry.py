@@ -25,7 +25,7 @@ from registry_helpers import (
 )
 from sklearn.metrics import f1_score
 
-from catalog_classifier.gate import decide, score, shared_test_images
+from catalog_classifier.registry.gate import decide, score, shared_test_images
 
 CLASSES = ["a", "b", "c"]
 TRUTH = ["a", "a", "b", "b", "c", "c"]
@@ -255,12 +255,12 @@ def test_the_champion_is_not_judged_on_images_it_was_trained_on(project: Path, r
                                                                 tmp_path: Path) -> None:
     import mlflow
 
-    from catalog_classifier.layout import Project
-    from catalog_classifier.predict import write_classifier_dir
-    from catalog_classifier.registry import record_decision, register_challenger
-    from catalog_classifier.serving import TRAIN_MANIFEST, log_served_model
-    from catalog_classifier.stages.promote import inference_settings
-    from catalog_classifier.tracking import setup_mlflow
+    from catalog_classifier.config.layout import Project
+    from catalog_classifier.modeling.prediction import write_classifier_dir
+    from catalog_classifier.registry.promotion import inference_settings
+    from catalog_classifier.registry.served import TRAIN_MANIFEST, log_served_model
+    from catalog_classifier.registry.tracking import setup_mlflow
+    from catalog_classifier.registry.versions import record_decision, register_challenger
 
     worse, better = ranked
     name = "overlap"

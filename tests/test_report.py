@@ -1,4 +1,4 @@
-"""The HTML report (catalog_classifier.report): values come from the stages' files, missing inputs are said or
+"""The HTML report (catalog_classifier.reporting): values come from the stages' files, missing inputs are said or
 named, images are embedded, and the pipeline's report stage attaches the page to every model's MLflow run."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import yaml
 from conftest import TINY_MODELS, tiny_params
 from PIL import Image
 
-from catalog_classifier.layout import Project
-from catalog_classifier.report import (
+from catalog_classifier.config.layout import Project
+from catalog_classifier.reporting.collector import (
     EmbedSettings,
     RegistryState,
     ReportInputMissing,

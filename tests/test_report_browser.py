@@ -21,7 +21,7 @@ import pytest
 from conftest import TINY_MODELS
 from server_helpers import free_port, stop_process_group, wait_until_answers
 
-from catalog_classifier.layout import Project
+from catalog_classifier.config.layout import Project
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import make_tiny_project
 
-from catalog_classifier.io import read_json
+from catalog_classifier.ops.io import read_json
 
 MODEL = "resnet10t"
 TIMING_KEYS = {"fit_time_s", "fit_cpu_time_s", "decode_time_s"}  # wall and CPU seconds: never repeatable
@@ -65,9 +65,9 @@ def test_train_metrics_and_mlflow_tags_record_the_runtime_facts_that_change_roun
         two_clones: list[Path]) -> None:
     from mlflow import MlflowClient
 
-    from catalog_classifier.layout import Project
-    from catalog_classifier.runtime import cpu_flags, runtime_facts
-    from catalog_classifier.tracking import resolve_tracking_uri
+    from catalog_classifier.config.layout import Project
+    from catalog_classifier.ops.runtime import cpu_flags, runtime_facts
+    from catalog_classifier.registry.tracking import resolve_tracking_uri
 
     root = two_clones[0]
     metrics = read_json(root / "artifacts/models" / MODEL / "train_metrics.json")

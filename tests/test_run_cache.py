@@ -78,7 +78,7 @@ def test_report_runs_again_when_params_return_to_a_run_cached_state(project: Pat
 
 
 def test_unchanged_project_is_up_to_date_for_dvc_and_the_retraining(tiny_pipeline: Path) -> None:
-    from catalog_classifier import dvc_ops
+    from catalog_classifier.ops import dvc_ops
     from flows.retrain import detect_changes
 
     assert dvc_ops.changed_stages(tiny_pipeline) == {}

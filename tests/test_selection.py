@@ -9,9 +9,9 @@ import pytest
 import yaml
 from conftest import tiny_params
 
-from catalog_classifier.io import CorruptFileError
-from catalog_classifier.layout import Project
-from catalog_classifier.selection import select_candidate, selected_model
+from catalog_classifier.config.layout import Project
+from catalog_classifier.ops.io import CorruptFileError
+from catalog_classifier.registry.selection import select_candidate, selected_model
 from catalog_classifier.stages.compare import run_compare
 
 
@@ -75,6 +75,6 @@ def test_compare_stage_selects_on_validation_not_test(tmp_path: Path) -> None:
      "random init (weights: none)"),
 ])
 def test_every_row_says_what_initialised_it(trained: dict, label: str) -> None:
-    from catalog_classifier.selection import weights_label
+    from catalog_classifier.registry.selection import weights_label
 
     assert weights_label(trained) == label

@@ -138,10 +138,11 @@ def test_every_module_a_stage_loads_is_one_of_its_deps(stage: str) -> None:
 
 
 def test_static_closure_finds_function_level_imports() -> None:
-    """promote's handler imports stages.promote inside a function; that module imports gate, registry ..."""
+    """promote's handler imports stages.promote inside a function; that module imports registry.promotion ..."""
     modules = closure(cli_entry("promote"))
-    assert {f"{PACKAGE}.stages.promote", f"{PACKAGE}.gate", f"{PACKAGE}.registry", f"{PACKAGE}.layout",
-            f"{PACKAGE}.config", f"{PACKAGE}.io", f"{PACKAGE}.progress"} <= modules
+    assert {f"{PACKAGE}.stages.promote", f"{PACKAGE}.registry.promotion", f"{PACKAGE}.registry.gate",
+            f"{PACKAGE}.registry.versions", f"{PACKAGE}.config.layout", f"{PACKAGE}.config.params", f"{PACKAGE}.ops.io",
+            f"{PACKAGE}.ops.progress"} <= modules
     assert f"{PACKAGE}.stages.train" not in modules  # other handlers' imports do not count
     assert f"{PACKAGE}.stages.promote" not in closure(cli_entry("split"))
 

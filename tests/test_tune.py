@@ -34,7 +34,7 @@ WEAK_POINT = {"lr": 1e-5, "weight_decay": 1e-4, "batch_size": 16, "label_smoothi
 # at a point that does not depend on timing. Trials 0 and 1 (baseline, weak point) have finished by then.
 KILL_SCRIPT = """
 import os, signal, sys
-import catalog_classifier.tune as tune
+import catalog_classifier.tuning.study as tune
 
 real_fit, calls = tune.fit_model, []
 
@@ -119,7 +119,7 @@ def tuning_runs(root: Path) -> list[mlflow.entities.Run]:
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Split, tune until SIGKILLed in trial 2, record that state, then resume with the plain CLI."""
-    from catalog_classifier.layout import Project
+    from catalog_classifier.config.layout import Project
     from catalog_classifier.stages.split import run_split
 
     root = make_colour_project(tmp_path_factory.mktemp("tune") / "project")
@@ -217,8 +217,8 @@ def test_mlflow_one_parent_and_a_nested_run_per_trial(tuned: dict[str, Any]) -> 
 def test_best_params_yaml_applies_with_dvc_exp_run(tuned: dict[str, Any], capsys: pytest.CaptureFixture,
                                                   tmp_path: Path) -> None:
     from catalog_classifier.cli import build_parser
-    from catalog_classifier.config import load_params
-    from catalog_classifier.tune import override_flags
+    from catalog_classifier.config.params import load_params
+    from catalog_classifier.tuning.study import override_flags
 
     root = tuned["root"]
     study = load_study(root)
@@ -254,8 +254,8 @@ def test_best_params_yaml_applies_with_dvc_exp_run(tuned: dict[str, Any], capsys
 # --- fast checks of the pieces (no training) ------------------------------------------------------------------
 
 def test_optuna_storage_may_not_be_mlflows_database(tmp_path: Path) -> None:
-    from catalog_classifier.config import ParamsError
-    from catalog_classifier.tune import storage_url
+    from catalog_classifier.config.params import ParamsError
+    from catalog_classifier.tuning.study import storage_url
 
     with pytest.raises(ParamsError, match="tune.storage"):
         storage_url(tmp_path / "mlruns" / "mlflow.db", f"sqlite:///{tmp_path}/mlruns/../mlruns/mlflow.db")
@@ -264,8 +264,8 @@ def test_optuna_storage_may_not_be_mlflows_database(tmp_path: Path) -> None:
 
 
 def test_start_points_must_lie_in_the_space() -> None:
-    from catalog_classifier.config import ParamsError, parse_params
-    from catalog_classifier.tune import initial_points
+    from catalog_classifier.config.params import ParamsError, parse_params
+    from catalog_classifier.tuning.study import initial_points
 
     params = parse_params(tune_params())
     points = initial_points(params.tune, params.train, ["resnet10t"])
@@ -279,8 +279,8 @@ def test_start_points_must_lie_in_the_space() -> None:
 
 
 def test_a_study_resumes_only_under_the_same_setup(tmp_path: Path) -> None:
-    from catalog_classifier.config import ParamsError
-    from catalog_classifier.tune import open_study
+    from catalog_classifier.config.params import ParamsError
+    from catalog_classifier.tuning.study import open_study
 
     url = f"sqlite:///{tmp_path}/optuna.db"
     kwargs = {"seed": 1, "pruner": optuna.pruners.NopPruner(), "heartbeat_s": 5}
@@ -293,7 +293,7 @@ def test_a_study_resumes_only_under_the_same_setup(tmp_path: Path) -> None:
 
 
 def test_override_flags_are_read_alike_by_dvc_and_yaml() -> None:
-    from catalog_classifier.tune import override_flags
+    from catalog_classifier.tuning.study import override_flags
 
     flags = override_flags({"models": ["mobilevitv2_075"], "train": {"lr": 1e-05, "weight_decay": 0.0123,
                                                                       "batch_size": 16, "augment": True}})
@@ -308,8 +308,8 @@ def test_frozen_trials_never_sample_augmentation() -> None:
     Even a space that offers only augment=true never hands a frozen trial augment=true, every sampled
     configuration passes train.* validation, and a frozen best trial still yields a complete train overlay.
     """
-    from catalog_classifier.config import parse_params
-    from catalog_classifier.tune import SPACE_KEYS, best_overrides, suggest, trial_train_params
+    from catalog_classifier.config.params import parse_params
+    from catalog_classifier.tuning.study import SPACE_KEYS, best_overrides, suggest, trial_train_params
 
     raw = tune_params()
     raw["tune"]["space"]["augment"] = [True]
@@ -331,8 +331,8 @@ def test_frozen_trials_never_sample_augmentation() -> None:
 
 
 def test_an_enqueued_frozen_point_with_augmentation_is_refused() -> None:
-    from catalog_classifier.config import ParamsError, parse_params
-    from catalog_classifier.tune import initial_points
+    from catalog_classifier.config.params import ParamsError, parse_params
+    from catalog_classifier.tuning.study import initial_points
 
     raw = tune_params()
     raw["tune"]["enqueue"] = [{"augment": True, "freeze_backbone": True}]
@@ -342,8 +342,8 @@ def test_an_enqueued_frozen_point_with_augmentation_is_refused() -> None:
 
 
 def test_backbone_lr_ratio_is_sampled_only_where_the_backbone_learns_and_pretrained_overlays_the_recipe() -> None:
-    from catalog_classifier.config import parse_params
-    from catalog_classifier.tune import best_overrides, suggest, trial_train_params
+    from catalog_classifier.config.params import parse_params
+    from catalog_classifier.tuning.study import best_overrides, suggest, trial_train_params
 
     raw = tune_params()
     raw["tune"]["space"]["backbone_lr_ratio"] = {"low": 0.01, "high": 0.5, "log": True}

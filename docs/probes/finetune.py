@@ -1,12 +1,12 @@
 """Full fine-tuning probe of tf_efficientnet_lite0 (ImageNet from the wheel), validation only."""
 import json, logging, sys, time
 import torch
-from catalog_classifier.layout import Project
-from catalog_classifier.models import create_classifier
-from catalog_classifier.data import decode_manifest
+from catalog_classifier.config.layout import Project
+from catalog_classifier.modeling.models import create_classifier
+from catalog_classifier.data.imageset import decode_manifest
 from catalog_classifier.stages.split import read_manifest
-from catalog_classifier.runtime import resolve_runtime, seed_everything
-from catalog_classifier.train import fit, FitSettings
+from catalog_classifier.ops.runtime import resolve_runtime, seed_everything
+from catalog_classifier.modeling.training import fit, FitSettings
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 project = Project.load("params.yaml")
 runtime = resolve_runtime("auto", "auto", None)

@@ -1,13 +1,13 @@
 """Recipe probe for tf_efficientnet_lite0 (frozen head on cached features), chosen on validation only."""
 import time, json, sys, itertools
 import torch
-from catalog_classifier.layout import Project
-from catalog_classifier.models import create_classifier, freeze_backbone
-from catalog_classifier.data import decode_manifest, ImageSet
+from catalog_classifier.config.layout import Project
+from catalog_classifier.modeling.models import create_classifier, freeze_backbone
+from catalog_classifier.data.imageset import decode_manifest, ImageSet
 from catalog_classifier.stages.split import read_manifest
-from catalog_classifier.runtime import resolve_runtime, seed_everything
-from catalog_classifier.frozen import extract_features, UnscaledHead, head_runtime
-from catalog_classifier.train import fit, FitSettings, predict_logits, macro_f1
+from catalog_classifier.ops.runtime import resolve_runtime, seed_everything
+from catalog_classifier.modeling.frozen import extract_features, UnscaledHead, head_runtime
+from catalog_classifier.modeling.training import fit, FitSettings, predict_logits, macro_f1
 from sklearn.metrics import f1_score
 
 project = Project.load("params.yaml")

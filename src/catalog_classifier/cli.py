@@ -19,20 +19,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from catalog_classifier.catalogue import CatalogueError
-from catalog_classifier.config import PARAMS_FILE, ParamsError
-from catalog_classifier.exits import EXIT_REJECTED_INPUT, EXIT_TRANSIENT, ModelError
-from catalog_classifier.images import ImageLoadError
-from catalog_classifier.interrupts import (
+from catalog_classifier.config.params import PARAMS_FILE, ParamsError
+from catalog_classifier.data.catalogue import CatalogueError
+from catalog_classifier.data.images import ImageLoadError
+from catalog_classifier.ops.exits import EXIT_REJECTED_INPUT, EXIT_TRANSIENT, ModelError
+from catalog_classifier.ops.interrupts import (
     exit_status,
     ignore_stop_signals,
     last_ended_run_id,
     mark_interrupted_run_killed,
     raise_terminated,
 )
-from catalog_classifier.io import CorruptFileError
-from catalog_classifier.registry import RegistryError, RegistryLockTimeout
-from catalog_classifier.tracking import TrackingUnavailable
+from catalog_classifier.ops.io import CorruptFileError
+from catalog_classifier.registry.tracking import TrackingUnavailable
+from catalog_classifier.registry.versions import RegistryError, RegistryLockTimeout
 
 # Permanent: the same command fails the same way until its input changes (exit 2, never retried by the flow).
 EXPECTED_ERRORS = (ParamsError, CatalogueError, ImageLoadError, FileNotFoundError, RegistryError, CorruptFileError,
@@ -43,7 +43,7 @@ EXIT_USAGE = EXIT_REJECTED_INPUT
 
 
 def _project(args: argparse.Namespace) -> Any:
-    from catalog_classifier.layout import Project
+    from catalog_classifier.config.layout import Project
 
     overrides = dict(item.split("=", 1) for item in args.set or [])
     return Project.load(args.params, overrides)
@@ -67,7 +67,7 @@ def _model_in_params(project: Any, model_name: str) -> None:
 
 def _tracking_reachable(project: Any) -> None:
     """Fail before any work when the tracking server named by MLFLOW_TRACKING_URI is down."""
-    from catalog_classifier.tracking import check_server, resolve_tracking_uri
+    from catalog_classifier.registry.tracking import check_server, resolve_tracking_uri
 
     check_server(resolve_tracking_uri(project.params.mlflow, project.root))
 
@@ -126,7 +126,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_tune_overrides(args: argparse.Namespace) -> int:
-    from catalog_classifier.tune import override_flags, read_overrides
+    from catalog_classifier.tuning.study import override_flags, read_overrides
 
     project = _project(args)
     print("\n".join(override_flags(read_overrides(project.best_params(args.family)))))
@@ -174,7 +174,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from catalog_classifier.layout import Project
+    from catalog_classifier.config.layout import Project
     from catalog_classifier.stages.bench import QUICK_OVERRIDES, run_bench
 
     overrides = {**(QUICK_OVERRIDES if args.quick else {}), **dict(item.split("=", 1) for item in args.set or [])}
@@ -199,8 +199,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
-    from catalog_classifier.datacheck import check_data_folder
-    from catalog_classifier.quality import format_report
+    from catalog_classifier.data.datacheck import check_data_folder
+    from catalog_classifier.data.quality import format_report
 
     project = _project(args)
     report = check_data_folder(Path(args.path), project.params.data, args.catalogue, args.images)
@@ -299,7 +299,7 @@ def _configure_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("urllib3", "matplotlib", "PIL", "filelock", "alembic", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from catalog_classifier.progress import interactive
+    from catalog_classifier.ops.progress import interactive
 
     if not interactive():  # MLflow's download bars would fill CI and DVC logs with carriage returns
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

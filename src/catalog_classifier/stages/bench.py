@@ -16,7 +16,11 @@ from typing import Any
 
 import torch
 
-from catalog_classifier.bench import (
+from catalog_classifier.config.layout import Project
+from catalog_classifier.data.imageset import decode_manifest
+from catalog_classifier.data.manifests import read_manifest
+from catalog_classifier.data.splitting import SPLITS
+from catalog_classifier.modeling.benchmark import (
     DEFAULT_FIT_EPOCHS,
     BenchSettings,
     bench_model,
@@ -27,15 +31,11 @@ from catalog_classifier.bench import (
     matmul_peak,
     take_sample,
 )
-from catalog_classifier.data import decode_manifest
-from catalog_classifier.io import read_json, write_json, write_text
-from catalog_classifier.layout import Project
-from catalog_classifier.models import create_classifier
-from catalog_classifier.runtime import Runtime, resolve_runtime
-from catalog_classifier.split import SPLITS
-from catalog_classifier.stages.split import read_manifest
-from catalog_classifier.tracking import data_version, flatten, git_commit, metric_key, setup_mlflow
-from catalog_classifier.train import settings_from
+from catalog_classifier.modeling.models import create_classifier
+from catalog_classifier.modeling.training import settings_from
+from catalog_classifier.ops.io import read_json, write_json, write_text
+from catalog_classifier.ops.runtime import Runtime, resolve_runtime
+from catalog_classifier.registry.tracking import data_version, flatten, git_commit, metric_key, setup_mlflow
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from catalog_classifier.io import read_json, write_json, write_text
-from catalog_classifier.layout import Project
-from catalog_classifier.selection import SELECTION_METRIC, SELECTION_RULE, select_candidate, weights_label
+from catalog_classifier.config.layout import Project
+from catalog_classifier.ops.io import read_json, write_json, write_text
+from catalog_classifier.registry.selection import SELECTION_METRIC, SELECTION_RULE, select_candidate, weights_label
 
 COMPARISON_COLUMNS = [
     ("val macro-F1 (selects)", "val_f1_macro", "{:.4f}"),

@@ -8,16 +8,16 @@ from typing import Any
 import pandas as pd
 import torch
 
-from catalog_classifier.data import decode_manifest
-from catalog_classifier.evaluation import classification_metrics, plot_confusion, predictions_frame
-from catalog_classifier.io import read_json, write_csv, write_json, write_text
-from catalog_classifier.layout import Project
-from catalog_classifier.models import load_classifier
-from catalog_classifier.predict import ImageClassifier, InferenceSettings, single_image_latency
-from catalog_classifier.runtime import resolve_runtime
-from catalog_classifier.stages.split import read_manifest
-from catalog_classifier.tracking import metric_key, setup_mlflow
-from catalog_classifier.train import predict_logits
+from catalog_classifier.config.layout import Project
+from catalog_classifier.data.imageset import decode_manifest
+from catalog_classifier.data.manifests import read_manifest
+from catalog_classifier.modeling.evaluation import classification_metrics, plot_confusion, predictions_frame
+from catalog_classifier.modeling.models import load_classifier
+from catalog_classifier.modeling.prediction import ImageClassifier, InferenceSettings, single_image_latency
+from catalog_classifier.modeling.training import predict_logits
+from catalog_classifier.ops.io import read_json, write_csv, write_json, write_text
+from catalog_classifier.ops.runtime import resolve_runtime
+from catalog_classifier.registry.tracking import metric_key, setup_mlflow
 
 
 def _inference_throughput(model: torch.nn.Module, images: Any, batch_size: int, runtime: Any) -> float:

@@ -1,193 +1,35 @@
-"""Promote stage: register the pipeline's selected model as the ``challenger``; the gate decides on ``champion``.
+"""Promote stage: the model compare selected (or one named) goes through the registry's promotion rule.
 
-The challenger is the model the compare stage selected on validation macro-F1 (never on test). Both it and the
-current champion are run, each with its own stored preprocessing, on the same images: today's test split minus
-the champion's training images. The rule itself is :func:`catalog_classifier.gate.decide`; the registry writes
-are in :mod:`catalog_classifier.registry`. ``dry_run`` scores and decides but logs, registers and writes nothing.
+The rule and the registry writes live in :mod:`catalog_classifier.registry.promotion`; this stage reads which model
+and which run, calls it, writes ``promotion.json`` and prints the decision.
 """
 
 from __future__ import annotations
 
-import logging
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from catalog_classifier.config import ParamsError
-from catalog_classifier.gate import Decision, decide, shared_test_images
-from catalog_classifier.io import read_json, write_json
-from catalog_classifier.layout import Project
-from catalog_classifier.predict import ImageClassifier, InferenceSettings, write_classifier_dir
-from catalog_classifier.registry import (
-    champion_version,
-    now,
-    record_decision,
-    register_challenger,
-    registry_lock,
-    rollback,
-    version_tags,
-)
-from catalog_classifier.selection import selected_model
-from catalog_classifier.serving import TRAIN_MANIFEST, load_served_model, log_served_model
-from catalog_classifier.stages.split import read_manifest
-from catalog_classifier.tracking import data_version, git_commit, setup_mlflow
-
-log = logging.getLogger(__name__)
-
-# The train stage logs the manifests it trained on under this artifact path of its run.
-RUN_TRAIN_MANIFEST = "splits/train.csv"
-
-
-def inference_settings(project: Project) -> InferenceSettings:
-    """Run the served model as the evaluate stage ran it, so its predictions are the evaluated ones."""
-    params = project.params
-    return InferenceSettings(batch_size=params.evaluate.batch_size, channels_last=params.train.channels_last,
-                             bf16=params.train.bf16, num_threads=params.train.num_threads)
-
-
-def _read_train_manifest(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"image": str, "label": str, "sha256": str})
-
-
-def _challenger_dir(project: Project, model_name: str, run_id: str, folder: Path) -> Path:
-    """Weights, preprocessing config, inference settings and the run's own training manifest, in one folder."""
-    import mlflow
-
-    directory = write_classifier_dir(project.weights(model_name), folder / "classifier", inference_settings(project))
-    manifest = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=RUN_TRAIN_MANIFEST,
-                                                   dst_path=str(folder / "download"))
-    shutil.copyfile(manifest, directory / TRAIN_MANIFEST)
-    return directory
-
-
-def _labels(classifier: ImageClassifier, paths: list[Path]) -> list[str]:
-    probabilities, classes = classifier.probabilities_for_files(paths)
-    return [classes[i] for i in probabilities.argmax(1)]
-
-
-def judge(project: Project, challenger: ImageClassifier, model_name: str, champion: str | None) -> tuple[
-        Decision, list[str]]:
-    """Score challenger and champion (registered version ``champion``) on the shared images and decide."""
-    params = project.params
-    test = read_manifest(project, "test")
-    champion_model = None
-    champion_train = None
-    if champion is not None:
-        champion_model = load_served_model(f"models:/{params.registry.model_name}/{champion}")
-        if champion_model.training_manifest.is_file():
-            champion_train = _read_train_manifest(champion_model.training_manifest)
-        else:
-            log.warning("champion v%s carries no training manifest: judged on the whole test split", champion)
-    shared, excluded = shared_test_images(test, champion_train)
-    paths = [project.path(params.data.images_dir) / name for name in shared["image"]]
-    champion_labels = _labels(champion_model.classifier, paths) if champion_model is not None else None
-    decision = decide(list(shared["label"]), _labels(challenger, paths), champion_labels,
-                      params.data.classes, min_delta=params.registry.min_delta,
-                      class_f1_floor=params.registry.class_f1_floor)
-    decision.figures.update(n_excluded=len(excluded), compared_with=champion or "none", challenger_model=model_name)
-    return decision, excluded
+from catalog_classifier.config.layout import Project
+from catalog_classifier.ops.io import read_json, write_json
+from catalog_classifier.registry.promotion import describe, promote, require_configured, roll_back
+from catalog_classifier.registry.selection import selected_model
 
 
 def run_promote(project: Project, dry_run: bool = False, model_name: str | None = None) -> dict[str, Any]:
     """Register the selected model (or ``model_name``) as challenger, apply the gate, move ``champion`` if it passes."""
-    import mlflow
-
-    params = project.params
-    name = params.registry.model_name
     model_name = model_name or selected_model(read_json(project.comparison()), project.comparison())
-    if model_name not in params.models:
-        raise ParamsError(f"{model_name!r} is not one of params.models ({', '.join(params.models)})")
+    require_configured(project, model_name)
     run_id = read_json(project.run_record(model_name))["run_id"]
-    setup_mlflow(params.mlflow, project.root)
-    tracking_uri = mlflow.get_tracking_uri()
-    client = mlflow.MlflowClient()
-    context = {"data_version": data_version(project.root), "git_commit": git_commit(project.root),
-               "source_model": model_name, "source_run_id": run_id}
-    with tempfile.TemporaryDirectory(prefix="catalog-promote-") as tmp:
-        classifier_dir = _challenger_dir(project, model_name, run_id, Path(tmp))
-        challenger = ImageClassifier.from_dir(classifier_dir)
-        if dry_run:
-            champion = champion_version(client, name)
-            decision, excluded = judge(project, challenger, model_name, champion)
-            report = _report(name, None, champion, decision, excluded, context, dry_run=True)
-            print(describe(report))
-            return report
-        example = project.path(params.data.images_dir) / read_manifest(project, "test")["image"].iloc[0]
-        with mlflow.start_run(run_id=run_id):
-            served = log_served_model(classifier_dir, example)
-        with registry_lock(tracking_uri, project.root, params.registry.lock_timeout_s):
-            # Read the champion only once the lock is held: a concurrent promote may just have moved it.
-            champion = champion_version(client, name)
-            decision, excluded = judge(project, challenger, model_name, champion)
-            version = register_challenger(client, name, served.model_uri, run_id, context).version
-            tags = version_tags(decision.to_dict(), {**context, "decided_at": now()})
-            record_decision(client, name, str(version), decision.promote, tags)
-    report = _report(name, str(version), champion, decision, excluded, context, dry_run=False)
-    write_json(project.promotion_report(), report)
+    report = promote(project, model_name, run_id, dry_run=dry_run)
+    if not dry_run:
+        write_json(project.promotion_report(), report)
     print(describe(report))
     return report
 
 
 def run_rollback(project: Project) -> tuple[str, str]:
     """Give ``champion`` back to the previous champion, under the same lock as promote."""
-    import mlflow
-
-    params = project.params
-    setup_mlflow(params.mlflow, project.root)
-    with registry_lock(mlflow.get_tracking_uri(), project.root, params.registry.lock_timeout_s):
-        demoted, restored = rollback(mlflow.MlflowClient(), params.registry.model_name)
-    print(f"rollback: {params.registry.model_name} champion moved from v{demoted} back to v{restored} "
+    name = project.params.registry.model_name
+    demoted, restored = roll_back(project)
+    print(f"rollback: {name} champion moved from v{demoted} back to v{restored} "
           f"(v{demoted} tagged rolled_back_at; history kept in the registered model's tags)")
     return demoted, restored
-
-
-def _report(name: str, version: str | None, champion: str | None, decision: Decision, excluded: list[str],
-            context: dict[str, str], *, dry_run: bool) -> dict[str, Any]:
-    after = (version if decision.promote else champion) if not dry_run else None
-    return {
-        "registered_model": name,
-        "version": version,
-        "dry_run": dry_run,
-        "promote": decision.promote,
-        "decision": "promoted" if decision.promote else "rejected",
-        "reason": decision.reason,
-        "champion_before": champion,
-        "champion_after": after,
-        "figures": decision.figures,
-        "excluded_images": excluded,
-        **context,
-    }
-
-
-def describe(report: dict[str, Any]) -> str:
-    """One human paragraph: what was decided, on which figures, and what the registry now says."""
-    figures = report["figures"]
-    who = f"{report['registered_model']} v{report['version']}" if report["version"] else (
-        f"{report['registered_model']} candidate")
-    verdict = "becomes champion" if report["promote"] else "stays challenger"
-    if report["dry_run"]:
-        verdict = "would become champion" if report["promote"] else "would not become champion"
-    lines = [
-        f"promote{' (dry run: nothing changed)' if report['dry_run'] else ''}: {who} "
-        f"({report['source_model']}, run {report['source_run_id'][:12]}) {verdict}",
-        f"  reason: {report['reason']}",
-        f"  champion before: {_version(report['champion_before'])}; test images compared: "
-        f"{figures.get('n_images', 0)} ({figures.get('n_excluded', 0)} excluded: in the champion's training set)",
-    ]
-    if "challenger_f1_macro" in figures:
-        lines.append(f"  challenger macro-F1 {figures['challenger_f1_macro']:.4f}, weakest class "
-                     f"{figures['weakest_class']} {figures['weakest_class_f1']:.3f} "
-                     f"(floor {figures['class_f1_floor']:g})")
-    if "champion_f1_macro" in figures:
-        lines.append(f"  champion macro-F1 {figures['champion_f1_macro']:.4f}, delta {figures['delta']:+.4f} "
-                     f"(needed >= {figures['min_delta']:g})")
-    if not report["dry_run"]:
-        lines.append(f"  champion now: {_version(report['champion_after'])}")
-    return "\n".join(lines)
-
-
-def _version(version: str | None) -> str:
-    return f"v{version}" if version else "none"

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from catalog_classifier.io import write_csv
-from catalog_classifier.layout import Project
-from catalog_classifier.predict import expand_paths
-from catalog_classifier.registry import CHAMPION
-from catalog_classifier.tracking import setup_mlflow
+from catalog_classifier.config.layout import Project
+from catalog_classifier.modeling.prediction import expand_paths
+from catalog_classifier.ops.io import write_csv
+from catalog_classifier.registry.tracking import setup_mlflow
+from catalog_classifier.registry.versions import CHAMPION
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def run_predict(project: Project, paths: Sequence[str], uri: str, output: Path |
     """CSV of image, label, probability, top-3 (and a per-file error) to ``output`` or stdout."""
     from mlflow.exceptions import MlflowException
 
-    from catalog_classifier.serving import load_served_model
+    from catalog_classifier.registry.served import load_served_model
 
     files = expand_paths(paths)
     if not files:
@@ -54,8 +54,8 @@ def run_serve(project: Project, host: str, port: int) -> None:
     """Serve the champion with ``mlflow models serve --env-manager local`` (replaces this process)."""
     import mlflow
 
-    from catalog_classifier.registry import champion_version
-    from catalog_classifier.serving import exec_server
+    from catalog_classifier.registry.served import exec_server
+    from catalog_classifier.registry.versions import champion_version
 
     setup_mlflow(project.params.mlflow, project.root)
     name = project.params.registry.model_name

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import pandas as pd
-
-from catalog_classifier.catalogue import read_catalogue
-from catalog_classifier.io import write_csv, write_json
-from catalog_classifier.layout import Project
-from catalog_classifier.quality import audit_catalogue, format_report
-from catalog_classifier.split import split_catalogue
+from catalog_classifier.config.layout import Project
+from catalog_classifier.data.catalogue import read_catalogue
+from catalog_classifier.data.quality import audit_catalogue, format_report
+from catalog_classifier.data.splitting import split_catalogue, split_report
+from catalog_classifier.ops.io import write_csv, write_json
 
 
 def run_split(project: Project) -> dict[str, Any]:
@@ -19,14 +17,7 @@ def run_split(project: Project) -> dict[str, Any]:
     catalogue = read_catalogue(project.path(params.data.catalogue), params.data.classes)
     audit = audit_catalogue(catalogue, project.path(params.data.images_dir), params.data.classes)
     splits = split_catalogue(audit.usable, params.split.fractions.model_dump(), params.split.seed)
-    report = {
-        **audit.report,
-        "split_counts": {name: int(len(frame)) for name, frame in splits.items()},
-        "split_class_counts": {
-            name: {label: int((frame["label"] == label).sum()) for label in params.data.classes}
-            for name, frame in splits.items()
-        },
-    }
+    report = split_report(audit.report, splits, params.data.classes)
     for name, frame in splits.items():
         write_csv(project.manifest(name), frame)
     write_json(project.quality_report(), report)
@@ -34,6 +25,3 @@ def run_split(project: Project) -> dict[str, Any]:
     print("split: " + ", ".join(f"{name} {count}" for name, count in report["split_counts"].items()))
     return report
 
-
-def read_manifest(project: Project, split: str) -> pd.DataFrame:
-    return pd.read_csv(project.manifest(split), dtype={"image": str, "label": str, "sha256": str})

@@ -9,15 +9,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from catalog_classifier.data import decode_manifest
-from catalog_classifier.io import write_json
-from catalog_classifier.layout import Project
-from catalog_classifier.models import Classifier, WeightsInfo, create_classifier
-from catalog_classifier.runtime import resolve_runtime
-from catalog_classifier.split import SPLITS
-from catalog_classifier.spread import seed_spread, spread_seeds
-from catalog_classifier.stages.split import read_manifest
-from catalog_classifier.train import settings_from
+from catalog_classifier.config.layout import Project
+from catalog_classifier.data.imageset import decode_manifest
+from catalog_classifier.data.manifests import read_manifest
+from catalog_classifier.data.splitting import SPLITS
+from catalog_classifier.modeling.models import Classifier, WeightsInfo, create_classifier
+from catalog_classifier.modeling.seed_spread import seed_spread, spread_seeds
+from catalog_classifier.modeling.training import settings_from
+from catalog_classifier.ops.io import write_json
+from catalog_classifier.ops.runtime import resolve_runtime
 
 log = logging.getLogger(__name__)
 

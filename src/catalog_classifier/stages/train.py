@@ -9,17 +9,17 @@ from typing import Any
 import pandas as pd
 import torch
 
-from catalog_classifier.data import decode_manifest
-from catalog_classifier.evaluation import plot_curves
-from catalog_classifier.frozen import fit_model
-from catalog_classifier.io import read_json, write_csv, write_json
-from catalog_classifier.layout import Project
-from catalog_classifier.models import create_classifier, save_classifier
-from catalog_classifier.runtime import resolve_runtime, runtime_facts, seed_everything
-from catalog_classifier.split import SPLITS
-from catalog_classifier.stages.split import read_manifest
-from catalog_classifier.tracking import data_version, flatten, git_commit, setup_mlflow
-from catalog_classifier.train import history_columns, settings_from
+from catalog_classifier.config.layout import Project
+from catalog_classifier.data.imageset import decode_manifest
+from catalog_classifier.data.manifests import read_manifest
+from catalog_classifier.data.splitting import SPLITS
+from catalog_classifier.modeling.evaluation import plot_curves
+from catalog_classifier.modeling.frozen import fit_model
+from catalog_classifier.modeling.models import create_classifier, save_classifier
+from catalog_classifier.modeling.training import history_columns, settings_from
+from catalog_classifier.ops.io import read_json, write_csv, write_json
+from catalog_classifier.ops.runtime import resolve_runtime, runtime_facts, seed_everything
+from catalog_classifier.registry.tracking import data_version, flatten, git_commit, setup_mlflow
 
 log = logging.getLogger(__name__)
 

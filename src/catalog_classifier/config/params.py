@@ -1,0 +1,515 @@
+"""The one typed loader of ``params.yaml``.
+
+Every stage, flow and test reads configuration through :func:`load_params`, so a typo in a key, a negative
+epoch count or split fractions that do not add up are rejected before any work starts, with the key named.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PARAMS_FILE = "params.yaml"
+
+
+class ParamsError(ValueError):
+    """params.yaml (or an override) is invalid; the message names the offending key."""
+
+
+# A frozen backbone trains its head on features cached once per image: there is no image left to augment.
+FROZEN_AUGMENT_MESSAGE = ("train.augment applies to images only: with train.freeze_backbone the head trains on "
+                          "cached features; set one of them to false")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _as_fraction(value: Any) -> float:
+    """Accept 0.5, "1/6" or "0.1666" so ratios like 2/3 can be written exactly."""
+    try:
+        return float(Fraction(str(value)))
+    except (ValueError, ZeroDivisionError) as err:
+        raise ValueError(f"{value!r} is not a number or a fraction a/b") from err
+
+
+class DataParams(_Strict):
+    catalogue: Path
+    images_dir: Path
+    classes: list[str] = Field(min_length=2)
+
+    @field_validator("classes")
+    @classmethod
+    def _unique(cls, classes: list[str]) -> list[str]:
+        if len(set(classes)) != len(classes):
+            raise ValueError("class names must be unique")
+        return classes
+
+
+class SplitFractions(_Strict):
+    train: float
+    val: float
+    test: float
+
+    @field_validator("train", "val", "test", mode="before")
+    @classmethod
+    def _fraction(cls, value: Any) -> float:
+        return _as_fraction(value)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitFractions:
+        for name in ("train", "val", "test"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        total = self.train + self.val + self.test
+        if abs(total - 1) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1, got {total:.6f}")
+        return self
+
+
+class SplitParams(_Strict):
+    out_dir: Path
+    seed: int
+    fractions: SplitFractions
+
+
+class RecipeOverrides(_Strict):
+    """train.* values that replace the defaults for one kind of model (unset: keep train.*'s value)."""
+
+    freeze_backbone: bool | None = None
+    max_epochs: int | None = Field(default=None, gt=0)
+    patience: int | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, gt=0)
+    optimizer: Literal["adamw", "sgd"] | None = None
+    lr: float | None = Field(default=None, gt=0)
+    backbone_lr_ratio: float | None = Field(default=None, gt=0, le=1)
+    warmup_epochs: int | None = Field(default=None, ge=0)
+    schedule: Literal["constant", "cosine"] | None = None
+    weight_decay: float | None = Field(default=None, ge=0)
+    label_smoothing: float | None = Field(default=None, ge=0, lt=1)
+    augment: bool | None = None
+
+    def set_values(self) -> dict[str, Any]:
+        return {key: value for key, value in self.model_dump().items() if value is not None}
+
+
+class TrainParams(_Strict):
+    out_dir: Path
+    history_dir: Path
+    seed: int
+    weights: Literal["imagenet", "none"]
+    # Local weights files live under weights_dir, a dependency of every train stage (dvc.yaml), so replacing a
+    # file retrains; weights_files paths are relative to the project root and must lie under it.
+    weights_dir: Path = Path("weights")
+    weights_files: dict[str, Path] = Field(default_factory=dict)
+    allow_random_fallback: bool
+    image_size: int | None = Field(default=None, gt=0)
+    max_epochs: int = Field(gt=0)
+    patience: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    optimizer: Literal["adamw", "sgd"]
+    lr: float = Field(gt=0)
+    backbone_lr_ratio: float = Field(default=1.0, gt=0, le=1)  # backbone lr = lr x this (head: lr)
+    warmup_epochs: int = Field(default=0, ge=0)  # linear warm-up of the lr over these epochs
+    schedule: Literal["constant", "cosine"] = "constant"  # after warm-up: constant, or cosine decay to 0
+    weight_decay: float = Field(ge=0)
+    label_smoothing: float = Field(ge=0, lt=1)
+    augment: bool
+    freeze_backbone: bool
+    channels_last: Literal["auto"] | bool
+    bf16: Literal["auto"] | bool
+    num_threads: int | None = Field(default=None, gt=0)
+    # Replaces the values above for a model that got ImageNet weights (random-init models keep train.*).
+    pretrained: RecipeOverrides = Field(default_factory=RecipeOverrides)
+
+    @model_validator(mode="after")
+    def _weights_files_under_weights_dir(self) -> TrainParams:
+        for model, path in self.weights_files.items():
+            if path.is_absolute() or ".." in path.parts or not path.is_relative_to(self.weights_dir):
+                raise ValueError(
+                    f"weights_files.{model}: {path} must be a relative path under train.weights_dir "
+                    f"({self.weights_dir}/), which the train stages depend on: copy the file there")
+        return self
+
+    def recipe_for(self, weights_used: str) -> TrainParams:
+        """These params with ``pretrained`` applied when the model got ImageNet weights."""
+        if weights_used != "imagenet":
+            return self
+        return self._merged(self.pretrained)
+
+    def _merged(self, overrides: RecipeOverrides) -> TrainParams:
+        # Validated like params.yaml itself (a recipe may not combine what train.* may not); the result carries no
+        # recipe of its own, so validating it does not recurse.
+        return TrainParams.model_validate({**self.model_dump(), **overrides.set_values(), "pretrained": {}})
+
+    @model_validator(mode="after")
+    def _augment_needs_images(self) -> TrainParams:
+        if self.augment and self.freeze_backbone:
+            raise ValueError(FROZEN_AUGMENT_MESSAGE)
+        if self.pretrained.set_values():
+            try:
+                self._merged(self.pretrained)
+            except ValidationError as err:
+                message = str(err.errors()[0]["msg"]).removeprefix("Value error, ")
+                raise ValueError(f"train.pretrained (merged into train.*): {message}") from None
+        return self
+
+
+class EvaluateParams(_Strict):
+    out_dir: Path
+    batch_size: int = Field(gt=0)
+    latency_warmup: int = Field(ge=0)
+    latency_repeats: int = Field(gt=0)
+
+
+class AutolabelParams(_Strict):
+    """Auto-labelling: calibrated confidence (temperature fitted on validation) and a threshold per target precision.
+
+    The threshold is the lowest calibrated confidence whose auto-labelled validation subset reaches
+    ``target_precision``; test only reports the coverage and precision it gives.
+    """
+
+    target_precision: float = Field(gt=0, lt=1)
+    ece_bins: int = Field(ge=2, le=100)  # equal-width confidence bins of the expected calibration error
+    interval_confidence: float = Field(gt=0, lt=1)  # of the precision and coverage intervals reported on test
+
+
+class CompareParams(_Strict):
+    out_json: Path
+    out_md: Path
+
+
+class ShapParams(_Strict):
+    max_evals: int = Field(ge=8)
+    blur_fraction: float = Field(gt=0, le=1)
+
+
+class FaithfulnessParams(_Strict):
+    n_images: int = Field(gt=0)
+    steps: int = Field(ge=2)
+    random_grid: int = Field(ge=2)
+    baseline: Literal["image_mean", "grey"]  # deletion filler and insertion start, shared by every method
+    bootstrap_resamples: int = Field(ge=100)  # paired bootstrap of AUC differences against random
+
+
+class ExplainParams(_Strict):
+    out_dir: Path
+    images: list[str] = Field(default_factory=list)
+    n_correct: int = Field(ge=0)
+    n_wrong: int = Field(ge=0)
+    seed: int
+    batch_size: int = Field(gt=0)
+    bf16: Literal["auto"] | bool
+    target_layers: dict[str, str] = Field(min_length=1)
+    shap: ShapParams
+    faithfulness: FaithfulnessParams
+
+class BenchParams(_Strict):
+    """``make bench``: speed of the project's loops against a naive baseline and the machine's peak."""
+
+    out_dir: Path
+    models: list[str] = Field(default_factory=list)  # empty: the pipeline's models
+    n_images: int = Field(gt=0)
+    batch_size: int | None = Field(default=None, gt=0)
+    warmup_steps: int = Field(ge=1)
+    measure_steps: int = Field(ge=1)
+    inference_batch_sizes: list[int] = Field(min_length=1)
+    latency_warmup: int = Field(ge=0)
+    latency_repeats: int = Field(ge=1)
+    naive_num_workers: int = Field(ge=0)
+    matmul_size: int = Field(gt=0)
+    matmul_repeats: int = Field(ge=1)
+    compile: bool
+    compile_timeout_s: float = Field(gt=0)
+    fit_epochs: int | None = Field(default=None, gt=0)
+    frozen: bool
+    frozen_max_images: int | None = Field(default=None, gt=0)
+    seed: int
+
+    @field_validator("inference_batch_sizes")
+    @classmethod
+    def _positive(cls, sizes: list[int]) -> list[int]:
+        if any(size <= 0 for size in sizes):
+            raise ValueError("batch sizes must be positive")
+        return sizes
+
+
+class MlflowParams(_Strict):
+    tracking_uri: str
+    artifact_root: Path
+    experiment: str
+
+
+class FloatRange(_Strict):
+    """A float search range; ``log`` samples uniformly in log space (learning rates, weight decay)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class TuneSpace(_Strict):
+    """The hyper-parameters a trial samples; each maps onto the ``train`` key of the same name."""
+
+    lr: FloatRange
+    weight_decay: FloatRange
+    batch_size: list[int] = Field(min_length=1)
+    label_smoothing: FloatRange
+    augment: list[bool] = Field(min_length=1)
+    freeze_backbone: list[bool] = Field(min_length=1)
+    # Sampled for fine-tuning trials only (a frozen backbone does not learn): backbone lr = lr x this; null: 1.
+    backbone_lr_ratio: FloatRange | None = None
+
+    @model_validator(mode="after")
+    def _valid_values(self) -> TuneSpace:
+        if self.lr.low <= 0 or self.weight_decay.low < 0:
+            raise ValueError("lr must stay above 0 and weight_decay at or above 0")
+        if self.label_smoothing.low < 0 or self.label_smoothing.high >= 1:
+            raise ValueError("label_smoothing must stay within [0, 1)")
+        if any(size <= 0 for size in self.batch_size):
+            raise ValueError("batch sizes must be positive")
+        ratio = self.backbone_lr_ratio
+        if ratio is not None and not 0 < ratio.low < ratio.high <= 1:
+            raise ValueError("backbone_lr_ratio must stay within (0, 1]")
+        return self
+
+
+class PrunerParams(_Strict):
+    type: Literal["median", "hyperband", "none"]
+    n_startup_trials: int = Field(default=5, ge=0)  # median: finished trials before any pruning
+    n_warmup_steps: int = Field(default=0, ge=0)  # median: epochs every trial runs before it may be pruned
+    min_resource: int = Field(default=1, gt=0)  # hyperband: epochs of the smallest bracket
+    reduction_factor: int = Field(default=3, ge=2)  # hyperband
+
+
+class TrialPoint(_Strict):
+    """A configuration to try before the sampler's own picks; keys left out are sampled."""
+
+    model: str | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    batch_size: int | None = None
+    label_smoothing: float | None = None
+    augment: bool | None = None
+    freeze_backbone: bool | None = None
+    backbone_lr_ratio: float | None = None
+
+
+class TuneParams(_Strict):
+    out_dir: Path
+    storage: Path  # Optuna's own sqlite file; never MLflow's database
+    study_prefix: str = Field(min_length=1)
+    experiment: str = Field(min_length=1)  # MLflow experiment of the studies (kept apart from pipeline runs)
+    seed: int
+    n_trials: int = Field(gt=0)
+    timeout_s: float | None = Field(default=None, gt=0)
+    max_epochs: int = Field(gt=0)
+    heartbeat_s: int = Field(gt=0)
+    pruner: PrunerParams
+    families: dict[str, list[str]] = Field(min_length=1)
+    space: TuneSpace
+    baseline: bool  # a new study's first trial uses the current train.* values: the bar to beat
+    enqueue: list[TrialPoint] = Field(default_factory=list)
+
+    @field_validator("families")
+    @classmethod
+    def _known_family_models(cls, families: dict[str, list[str]]) -> dict[str, list[str]]:
+        import timm
+
+        for family, models in families.items():
+            if not models:
+                raise ValueError(f"family {family!r} lists no model")
+            unknown = [name for name in models if not timm.is_model(name)]
+            if unknown:
+                raise ValueError(f"family {family!r}: unknown timm model name(s): {', '.join(unknown)}")
+        return families
+
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-]+$")
+
+
+class OrchestrationParams(_Strict):
+    """Prefect settings (flows/): stage retries, the retraining schedule and the local server."""
+
+    task_retries: int = Field(ge=0)
+    retry_delay_s: float = Field(ge=0)
+    retrain_cron: str
+    timezone: str
+    deployment: str = Field(min_length=1)
+    server_host: str = Field(min_length=1)
+    server_port: int = Field(gt=0, lt=65536)
+    push_outputs: bool
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _five_cron_fields(cls, cron: str) -> str:
+        # Shape only: Prefect validates the expression itself when the deployment is served; importing
+        # Prefect here would cost every stage seconds of start-up.
+        fields = cron.split()
+        if len(fields) != 5 or not all(_CRON_FIELD.match(field) for field in fields):
+            raise ValueError(f"{cron!r} is not a five-field cron expression (minute hour day month weekday)")
+        return cron
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, timezone: str) -> str:
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA timezone {timezone!r}") from None
+        return timezone
+
+    def api_url(self) -> str:
+        return f"http://{self.server_host}:{self.server_port}/api"
+
+class RegistryParams(_Strict):
+    """Promotion rule and registry location: which registered model, and what a challenger must prove."""
+
+    model_name: str = Field(min_length=1)
+    min_delta: float = Field(ge=0, le=1)
+    class_f1_floor: float = Field(ge=0, le=1)
+    out_json: Path
+    lock_timeout_s: float = Field(gt=0)
+    # Share of the gate's test images the challenger must auto-label at autolabel.target_precision (0: no rule).
+    min_coverage: float = Field(ge=0, le=1)
+
+    @field_validator("model_name")
+    @classmethod
+    def _uri_safe(cls, name: str) -> str:
+        # The name is part of models:/<name>@champion URIs, where these characters have a meaning.
+        if any(char in name for char in "/@:#?") or name != name.strip():
+            raise ValueError(f"{name!r}: a registered model name may not contain / @ : # ? or edge spaces")
+        return name
+
+
+class ReportParams(_Strict):
+    """``catalog-classifier report``: the self-contained HTML page of the latest run."""
+
+    out_dir: Path
+    max_image_width: int = Field(ge=200)  # px: bigger figures are downscaled before they are embedded
+    png_max_kb: int = Field(gt=0)  # a figure whose PNG is bigger (photos, heatmaps) is embedded as JPEG instead
+    jpeg_quality: int = Field(ge=30, le=95)
+
+
+class Params(_Strict):
+    data: DataParams
+    split: SplitParams
+    models: list[str] = Field(min_length=1)
+    train: TrainParams
+    evaluate: EvaluateParams
+    autolabel: AutolabelParams
+    compare: CompareParams
+    explain: ExplainParams
+    mlflow: MlflowParams
+    tune: TuneParams
+
+    orchestration: OrchestrationParams
+
+    registry: RegistryParams
+
+    bench: BenchParams
+
+    report: ReportParams
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, models: list[str]) -> list[str]:
+        import timm  # imported here: loading params must not pay for torch unless models are checked
+
+        unknown = [name for name in models if not timm.is_model(name)]
+        if unknown:
+            raise ValueError(f"unknown timm model name(s): {', '.join(unknown)}")
+        if len(set(models)) != len(models):
+            raise ValueError("model names must be unique")
+        return models
+
+    @model_validator(mode="after")
+    def _weights_files_name_models(self) -> Params:
+        known = set(self.models) | {name for names in self.tune.families.values() for name in names}
+        unknown = sorted(set(self.train.weights_files) - known)
+        if unknown:
+            raise ValueError(f"train.weights_files names {', '.join(unknown)}, which is not in models "
+                             f"({', '.join(self.models)}) nor in any tune family")
+        return self
+
+
+def _set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted_key.split(".")
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            raise ParamsError(f"override {dotted_key}: '{part}' is not a section of params.yaml")
+        node = node[part]
+    node[leaf] = value
+
+
+def _override_value(key: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise ParamsError(f"override {key}: value {value!r} is not valid YAML (quote it if it is a string)") from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``{"train.lr": 0.1}``-style overrides applied (values parsed as YAML)."""
+    tree = copy.deepcopy(raw)
+    for key, value in (overrides or {}).items():
+        _set_dotted(tree, key, _override_value(key, value))
+    return tree
+
+
+def _format_errors(err: ValidationError, source: Path) -> str:
+    lines = [f"invalid parameters in {source}:"]
+    for item in err.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any], source: Path = Path(PARAMS_FILE)) -> Params:
+    """Validate an already-loaded params tree."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_format_errors(err, source)) from None
+
+
+def read_raw_params(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"parameters file not found: {path}")
+    try:
+        with path.open(encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ParamsError(f"{path} is not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path} is not UTF-8 ({err.reason}); re-save it as UTF-8") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path} must contain a mapping of sections")
+    return raw
+
+
+def load_params(path: Path | str = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:
+    """Load, override and validate ``params.yaml``."""
+    return parse_params(apply_overrides(read_raw_params(path), overrides), Path(path))

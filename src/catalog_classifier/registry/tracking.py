@@ -1,0 +1,121 @@
+"""MLflow wiring: where the store is, which experiment, and the provenance tags every run carries."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from catalog_classifier.config.params import MlflowParams
+
+log = logging.getLogger(__name__)
+
+SERVER_PROBE_TIMEOUT_S = 5.0
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server cannot be reached; raised before any training starts."""
+
+
+def resolve_tracking_uri(mlflow_params: MlflowParams, project_root: Path) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the params URI with a relative sqlite path made absolute."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow_params.tracking_uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        database = (project_root / uri[len(prefix):]).resolve()
+        database.parent.mkdir(parents=True, exist_ok=True)
+        return f"{prefix}{database}"
+    return uri
+
+
+def artifact_location(mlflow_params: MlflowParams, project_root: Path) -> str:
+    root = mlflow_params.artifact_root
+    return (root if root.is_absolute() else (project_root / root).resolve()).as_uri()
+
+
+def check_server(uri: str) -> None:
+    """Fail fast with a clear message when an HTTP tracking server is not answering."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_PROBE_TIMEOUT_S):
+            pass
+    except (urllib.error.URLError, OSError) as err:
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} is unreachable ({getattr(err, 'reason', err)}); "
+            "start it (make ui) or unset MLFLOW_TRACKING_URI to use the local store"
+        ) from None
+
+
+def setup_mlflow(mlflow_params: MlflowParams, project_root: Path) -> str:
+    """Point MLflow at the store and return the experiment id (created with our artifact root if new)."""
+    import mlflow
+
+    uri = resolve_tracking_uri(mlflow_params, project_root)
+    check_server(uri)
+    mlflow.set_tracking_uri(uri)
+    # Registry beside the runs, unless MLFLOW_REGISTRY_URI says otherwise. Both set_* calls also export their URI
+    # (MLflow's design: subprocesses such as `mlflow models serve` inherit it), so a second project set up in the
+    # same process keeps the first one's store unless the two variables are cleared first (the tests do).
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    experiment = mlflow.get_experiment_by_name(mlflow_params.experiment)
+    if experiment is None:
+        try:
+            return mlflow.create_experiment(
+                mlflow_params.experiment, artifact_location=artifact_location(mlflow_params, project_root)
+            )
+        except mlflow.exceptions.MlflowException:
+            # Another process created it between our lookup and create.
+            experiment = mlflow.get_experiment_by_name(mlflow_params.experiment)
+            if experiment is None:
+                raise
+    return experiment.experiment_id
+
+
+def git_commit(project_root: Path) -> str:
+    """HEAD commit, suffixed ``-dirty`` when tracked files differ from it; ``unknown`` outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=project_root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=project_root, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head}-dirty" if dirty else head
+
+
+def data_version(project_root: Path) -> str:
+    """md5 of the data folder as pinned in ``data.dvc`` (the dataset version a run used)."""
+    pointer = project_root / "data.dvc"
+    if not pointer.is_file():
+        return "untracked"
+    with pointer.open(encoding="utf-8") as handle:
+        outs = (yaml.safe_load(handle) or {}).get("outs") or [{}]
+    return str(outs[0].get("md5", "unknown"))
+
+
+def metric_key(name: str) -> str:
+    """MLflow metric names allow only letters, digits, ``_-. :/``; class names like ``A & B`` need mapping."""
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", name)
+
+
+def flatten(prefix: str, tree: dict[str, Any]) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"prefix.a.b": 1}`` for ``mlflow.log_params``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            flat.update(flatten(name, value))
+        else:
+            flat[name] = value
+    return flat
