@@ -18,15 +18,9 @@ from conftest import TINY_MODELS, tiny_params
 from PIL import Image
 
 from catalog_classifier.config.layout import Project
-from catalog_classifier.reporting.collector import (
-    EmbedSettings,
-    RegistryState,
-    ReportInputMissing,
-    VersionRecord,
-    collect,
-    embed_image,
-    render_html,
-)
+from catalog_classifier.reporting.charts import EmbedSettings, embed_image
+from catalog_classifier.reporting.collector import RegistryState, ReportInputMissing, VersionRecord, collect
+from catalog_classifier.reporting.page import render_html
 from catalog_classifier.stages.report import registry_state, write_report
 
 CLASSES = tiny_params()["data"]["classes"]

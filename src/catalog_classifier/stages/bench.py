@@ -27,7 +27,6 @@ from catalog_classifier.modeling.benchmark import (
     fit_settings_for_bench,
     frozen_figures,
     frozen_versus_full,
-    markdown_tables,
     matmul_peak,
     take_sample,
 )
@@ -36,6 +35,7 @@ from catalog_classifier.modeling.training import settings_from
 from catalog_classifier.ops.io import read_json, write_json, write_text
 from catalog_classifier.ops.runtime import Runtime, resolve_runtime
 from catalog_classifier.registry.tracking import data_version, flatten, git_commit, metric_key, setup_mlflow
+from catalog_classifier.reporting.bench_page import markdown_tables
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING
 from catalog_classifier.config.layout import Project
 from catalog_classifier.ops.io import read_json, write_text
 from catalog_classifier.registry.tracking import check_server, data_version, git_commit, resolve_tracking_uri
-from catalog_classifier.reporting.collector import EmbedSettings, RegistryState, collect, read_registry, render_html
+from catalog_classifier.reporting.charts import EmbedSettings
+from catalog_classifier.reporting.collector import RegistryState, collect, read_registry
+from catalog_classifier.reporting.page import render_html
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
