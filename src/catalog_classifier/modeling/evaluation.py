@@ -101,3 +101,35 @@ def plot_curves(history: pd.DataFrame, title: str, path: Path) -> None:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
     plt.close(figure)
+
+
+def plot_reliability(before: list[dict[str, Any]], after: list[dict[str, Any]], titles: tuple[str, str],
+                     path: Path) -> None:
+    """Reliability diagrams side by side (uncalibrated | calibrated): accuracy per confidence bin against the
+    diagonal, bar width = bin, bin counts written above the bars. Empty bins are left blank."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from catalog_classifier.ops.io import atomic_path
+
+    figure, panels = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for axes, rows, title in zip(panels, (before, after), titles, strict=True):
+        filled = [row for row in rows if row["count"]]
+        axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+        axes.bar([row["lower"] for row in filled], [row["accuracy"] for row in filled],
+                 width=[row["upper"] - row["lower"] for row in filled], align="edge", edgecolor="black",
+                 alpha=0.7, label="accuracy")
+        axes.plot([row["confidence"] for row in filled], [row["accuracy"] for row in filled], "o", color="red",
+                  label="mean confidence")
+        for row in filled:
+            axes.text((row["lower"] + row["upper"]) / 2, min(row["accuracy"] + 0.02, 0.97), str(row["count"]),
+                      ha="center", fontsize=7)
+        axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max probability)", title=title)
+        axes.legend(loc="upper left", fontsize=8)
+    panels[0].set_ylabel("accuracy")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    plt.close(figure)

@@ -1,4 +1,5 @@
-"""Evaluate stage: validation and test metrics, predictions, confusion matrix, logged to the train run."""
+"""Evaluate stage: validation and test metrics, predictions, confusion matrix, calibration and the auto-labelling
+threshold, logged to the train run."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ import torch
 from catalog_classifier.config.layout import Project
 from catalog_classifier.data.imageset import decode_manifest
 from catalog_classifier.data.manifests import read_manifest
-from catalog_classifier.modeling.evaluation import classification_metrics, plot_confusion, predictions_frame
+from catalog_classifier.modeling.autolabel import autolabel_line, autolabel_metrics, autolabel_report
+from catalog_classifier.modeling.evaluation import (
+    classification_metrics,
+    plot_confusion,
+    plot_reliability,
+    predictions_frame,
+)
 from catalog_classifier.modeling.models import load_classifier
 from catalog_classifier.modeling.prediction import ImageClassifier, InferenceSettings, single_image_latency
 from catalog_classifier.modeling.training import predict_logits
@@ -39,7 +46,8 @@ def _single_image_latency(project: Project, model: torch.nn.Module, config: dict
 
 
 def run_evaluate(project: Project, model_name: str) -> dict[str, Any]:
-    """Score the trained model on validation and test; write metrics, predictions, confusion matrix."""
+    """Score the trained model on validation and test; write metrics, predictions, confusion matrix, and the
+    temperature / auto-labelling threshold fitted on validation with what they give on test."""
     import mlflow
 
     params = project.params
@@ -52,20 +60,34 @@ def run_evaluate(project: Project, model_name: str) -> dict[str, Any]:
     out_dir = project.eval_dir(model_name)
     results: dict[str, Any] = {"model": model_name}
     frames: dict[str, pd.DataFrame] = {}
+    logits: dict[str, torch.Tensor] = {}
+    labels: dict[str, Any] = {}
     for split in ("val", "test"):
         images = decode_manifest(read_manifest(project, split), images_dir, model.data_config)
-        probabilities = torch.softmax(predict_logits(model, images, params.evaluate.batch_size, runtime), 1)
-        labels = images.labels.numpy()
+        logits[split] = predict_logits(model, images, params.evaluate.batch_size, runtime)
+        probabilities = torch.softmax(logits[split], 1)
+        labels[split] = images.labels.numpy()
         predicted = probabilities.argmax(1).numpy()
-        results[split] = classification_metrics(labels, predicted, classes)
-        frames[split] = predictions_frame(images.names, labels, probabilities.numpy(), classes)
+        results[split] = classification_metrics(labels[split], predicted, classes)
+        frames[split] = predictions_frame(images.names, labels[split], probabilities.numpy(), classes)
         if split == "test":
-            plot_confusion(labels, predicted, classes,
+            plot_confusion(labels[split], predicted, classes,
                            f"{model_name}: test confusion (macro-F1 {results['test']['f1_macro']:.3f})",
                            out_dir / "confusion.png")
             results["inference_images_per_s"] = round(
                 _inference_throughput(model, images, params.evaluate.batch_size, runtime), 2)
             results["latency_ms"] = _single_image_latency(project, model, config, images.names)
+    autolabel = autolabel_report(model_name, logits, labels, classes, params.autolabel)
+    for split, frame in frames.items():  # the calibrated confidence and the decision, per image
+        frame["calibrated_confidence"] = autolabel.confidence[split].round(6)
+        frame["auto_labelled"] = autolabel.auto[split]
+    results.update(autolabel_metrics(autolabel.summary))
+    write_json(project.autolabel(model_name), autolabel.summary)
+    write_csv(out_dir / "precision_coverage.csv", autolabel.curve)
+    plot_reliability(autolabel.reliability_before, autolabel.reliability_after,
+                     (f"{model_name}: test, uncalibrated (ECE {autolabel.summary['ece']['test_before']:.3f})",
+                      f"{model_name}: test, T={autolabel.summary['temperature']:.2f} "
+                      f"(ECE {autolabel.summary['ece']['test_after']:.3f})"), out_dir / "reliability.png")
     write_csv(out_dir / "predictions.csv", frames["test"])
     write_csv(out_dir / "val_predictions.csv", frames["val"])
     write_text(out_dir / "report.md", class_report_markdown(model_name, results, classes))
@@ -80,11 +102,14 @@ def run_evaluate(project: Project, model_name: str) -> dict[str, Any]:
             "inference_images_per_s": results["inference_images_per_s"],
             "latency_p50_ms": results["latency_ms"]["p50"], "latency_p95_ms": results["latency_ms"]["p95"],
             **{metric_key(f"test/f1/{name}"): values["f1"] for name, values in results["test"]["per_class"].items()},
+            **{name: value for name, value in autolabel_metrics(autolabel.summary).items() if value is not None},
         })
-        for name in ("metrics.json", "predictions.csv", "val_predictions.csv", "confusion.png", "report.md"):
+        for name in ("metrics.json", "predictions.csv", "val_predictions.csv", "confusion.png", "report.md",
+                     "autolabel.json", "precision_coverage.csv", "reliability.png"):
             mlflow.log_artifact(str(out_dir / name), artifact_path="eval")
     print(f"{model_name}: test macro-F1 {results['test']['f1_macro']:.4f}, accuracy "
           f"{results['test']['accuracy']:.4f}; val macro-F1 {results['val']['f1_macro']:.4f}")
+    print(autolabel_line(autolabel.summary))
     return results
 
 
