@@ -11,21 +11,25 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import TINY_MODELS
 from registry_helpers import (
+    calibrated,
     cli,
     cli_args,
     client,
     eval_f1,
     eval_predictions,
     isolated_mlflow_env,
+    midpoint_threshold,
     promote,
     repro_promotion,
     split_images,
+    write_autolabel,
 )
 from sklearn.metrics import f1_score
 
-from catalog_classifier.registry.gate import decide, score, shared_test_images
+from catalog_classifier.registry.gate import autolabel_figures, decide, score, shared_test_images
 
 CLASSES = ["a", "b", "c"]
 TRUTH = ["a", "a", "b", "b", "c", "c"]
@@ -89,6 +93,30 @@ def test_first_model_needs_only_the_floor() -> None:
     failed = decide(TRUTH, GOOD, None, CLASSES, min_delta=0.0, class_f1_floor=0.7)
     assert not failed.promote
     assert failed.reason == "first model: class F1 below the floor 0.7: c 0.667"
+
+
+def test_a_challenger_auto_labelling_too_little_is_rejected_naming_both_figures() -> None:
+    confidences = [0.99, 0.95, 0.7, 0.91, 0.6, 0.3]  # threshold 0.9: images 1, 2, 4 are auto-labelled
+    auto = autolabel_figures(TRUTH, GOOD, confidences, 0.9)
+    assert auto == {"n_auto_labelled": 3, "coverage": 0.5, "precision": 1.0}
+    # a 0.99 a, a 0.95 a, b 0.91 b: all three right. GOOD beats FAIR by 1/6 and passes the floor 0.5.
+    rejected = decide(TRUTH, GOOD, FAIR, CLASSES, min_delta=0.01, class_f1_floor=0.5, coverage=auto["coverage"],
+                      min_coverage=0.6)
+    assert not rejected.promote
+    assert rejected.reason == "auto-label coverage 0.500 below the minimum 0.6"
+    assert rejected.figures["challenger_coverage"] == 0.5 and rejected.figures["min_coverage"] == 0.6
+    at_minimum = decide(TRUTH, GOOD, FAIR, CLASSES, min_delta=0.01, class_f1_floor=0.5, coverage=0.5,
+                        min_coverage=0.5)
+    assert at_minimum.promote and "auto-label coverage 0.500 >= 0.5" in at_minimum.reason
+    disabled = decide(TRUTH, GOOD, FAIR, CLASSES, min_delta=0.01, class_f1_floor=0.5, coverage=0.0,
+                      min_coverage=0.0)
+    assert disabled.promote
+    # No threshold (target precision unreachable): nothing is auto-labelled; the first model is held to it too.
+    assert autolabel_figures(TRUTH, GOOD, confidences, None) == {"n_auto_labelled": 0, "coverage": 0.0,
+                                                                 "precision": None}
+    first = decide(TRUTH, GOOD, None, CLASSES, min_delta=0.0, class_f1_floor=0.7, coverage=0.0, min_coverage=0.5)
+    assert first.reason == ("first model: class F1 below the floor 0.7: c 0.667; "
+                            "auto-label coverage 0.000 below the minimum 0.5")
 
 
 def _test_manifest() -> pd.DataFrame:
@@ -181,6 +209,45 @@ def test_the_pipeline_promote_stage_registered_and_judged_the_best_model(project
     assert tags["challenger_f1_macro"] == str(report["figures"]["challenger_f1_macro"])
     expected = {"challenger": "1", **({"champion": "1"} if report["promote"] else {})}
     assert aliases(project, "catalog-classifier") == expected
+
+
+@pytest.mark.slow
+def test_min_coverage_rejects_a_challenger_that_auto_labels_too_little(
+        project: Path, ranked: tuple[str, str], capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    _, better = ranked
+    name = "coverage"
+    classes = yaml.safe_load((project / "params.yaml").read_text())["data"]["classes"]
+    evaluated = eval_predictions(project, better)
+    confidence = calibrated(evaluated, classes, 0.5).max(1)
+    threshold = midpoint_threshold(list(confidence))
+    auto = confidence >= threshold
+    coverage = float(auto.mean())
+    precision = float((auto & evaluated["correct"].astype(bool)).sum() / auto.sum())
+    write_autolabel(tmp_path / "eval", better, 0.5, threshold, target_precision=0.9)
+    calibration = ["--set", f"evaluate.out_dir={tmp_path / 'eval'}", "--model", better]
+
+    # The first model, judged on the whole test split: one image more than it auto-labels would be needed.
+    minimum = round(coverage + 0.5 / len(evaluated), 4)
+    report = promote(project, name, tmp_path / "promotion.json", *calibration,
+                     "--set", f"registry.min_coverage={minimum}")
+    assert not report["promote"] and report["champion_after"] is None
+    assert report["reason"] == f"first model: auto-label coverage {coverage:.3f} below the minimum {minimum:g}"
+    figures = report["figures"]
+    assert figures["challenger_coverage"] == pytest.approx(coverage, abs=1e-6)
+    assert figures["challenger_autolabel_precision"] == pytest.approx(precision, abs=1e-6)
+    tags = version_tags(project, name, "1")
+    assert tags["decision"] == "rejected" and tags["temperature"] == "0.5"
+    assert float(tags["autolabel_threshold"]) == threshold and tags["autolabel_target_precision"] == "0.9"
+    assert float(tags["autolabel_coverage"]) == pytest.approx(coverage, abs=1e-6)
+    assert aliases(project, name) == {"challenger": "1"}
+
+    # Exactly the coverage it reaches is enough (a dry run: the registry is left as it is).
+    capsys.readouterr()
+    assert cli(["promote", "--dry-run", *calibration,
+                *cli_args(project, name, registry__class_f1_floor=0, registry__min_coverage=repr(coverage),
+                          registry__out_json=tmp_path / "dry.json")]) == 0
+    assert "would become champion" in capsys.readouterr().out
+    assert aliases(project, name) == {"challenger": "1"}
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """``catalog-classifier serve`` (``mlflow models serve --env-manager local``) answers a real posted image with
-the class the evaluate stage gave it, offline, on 127.0.0.1."""
+the class the evaluate stage gave it, its calibrated confidence and review flag, offline, on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from registry_helpers import cli_args, eval_predictions, promote, split_images
+import yaml
+from registry_helpers import calibrated, cli_args, eval_predictions, promote, split_images, write_autolabel
 from server_helpers import free_port, stop_process_group, wait_until_answers
+
+from catalog_classifier.modeling.prediction import parse_top3
 
 pytestmark = pytest.mark.slow
 
@@ -25,10 +28,16 @@ STARTUP_TIMEOUT_S = 600
 
 def test_the_served_champion_classifies_a_posted_image(tiny_pipeline: Path, tmp_path: Path) -> None:
     project = tiny_pipeline
-    report = promote(project, NAME, tmp_path / "promotion.json")
-    assert report["promote"]
+    model = json.loads((project / "artifacts/comparison.json").read_text())["selected"]
+    classes = yaml.safe_load((project / "params.yaml").read_text())["data"]["classes"]
     image = split_images(project)[0]
-    expected = eval_predictions(project, report["source_model"]).set_index("image").loc[image.name]
+    evaluated = eval_predictions(project, model).set_index("image")
+    expected = evaluated.loc[image.name]
+    # A hand-made calibration: temperature 0.5, threshold just under this image's calibrated confidence.
+    probabilities = calibrated(evaluated, classes, 0.5).loc[image.name]
+    write_autolabel(tmp_path / "eval", model, 0.5, round(float(probabilities.max()) - 1e-3, 6))
+    report = promote(project, NAME, tmp_path / "promotion.json", "--set", f"evaluate.out_dir={tmp_path / 'eval'}")
+    assert report["promote"] and report["source_model"] == model
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -49,9 +58,15 @@ def test_the_served_champion_classifies_a_posted_image(tiny_pipeline: Path, tmp_
     finally:
         stop_process_group(server)
 
+    assert set(predictions[0]) == {"label", "confidence", "top3", "needs_review", "error"}
     assert predictions[0]["label"] == expected["pred_label"]
-    assert predictions[0]["probability"] == pytest.approx(expected["confidence"], abs=1e-5)
+    assert isinstance(predictions[0]["confidence"], float)
+    assert predictions[0]["confidence"] == pytest.approx(probabilities.max(), abs=1e-5)  # calibrated
+    assert predictions[0]["needs_review"] is False  # at or above the threshold
     assert predictions[0]["error"] == ""
-    assert json.loads(predictions[0]["top3"])[0] == [expected["pred_label"], predictions[0]["probability"]]
-    assert predictions[1] == {"label": "", "probability": None, "top3": "", "error": "not valid base64"}
+    top3 = parse_top3(predictions[0]["top3"])
+    assert [label for label, _ in top3] == list(probabilities.sort_values(ascending=False).index[:3])
+    assert top3[0][1] == pytest.approx(predictions[0]["confidence"], abs=1e-6)
+    assert predictions[1] == {"label": "", "confidence": None, "top3": "", "needs_review": True,
+                              "error": "not valid base64"}
     assert f"{NAME} v1 (champion)" in log.read_text()

@@ -22,7 +22,7 @@ from typing import Any
 from catalog_classifier.config.params import PARAMS_FILE, ParamsError
 from catalog_classifier.data.catalogue import CatalogueError
 from catalog_classifier.data.images import ImageLoadError
-from catalog_classifier.ops.exits import EXIT_REJECTED_INPUT, EXIT_TRANSIENT, ModelError
+from catalog_classifier.ops.exits import EXIT_REJECTED_INPUT, EXIT_TRANSIENT, InputError, ModelError
 from catalog_classifier.ops.interrupts import (
     exit_status,
     ignore_stop_signals,
@@ -36,7 +36,7 @@ from catalog_classifier.registry.versions import RegistryError, RegistryLockTime
 
 # Permanent: the same command fails the same way until its input changes (exit 2, never retried by the flow).
 EXPECTED_ERRORS = (ParamsError, CatalogueError, ImageLoadError, FileNotFoundError, RegistryError, CorruptFileError,
-                   ModelError)
+                   ModelError, InputError)
 # Transient: something outside the command is briefly unavailable (exit 75: the flow retries the stage).
 TRANSIENT_ERRORS = (TrackingUnavailable, RegistryLockTimeout)
 EXIT_USAGE = EXIT_REJECTED_INPUT
@@ -160,8 +160,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from catalog_classifier.stages.serve import model_uri, run_predict
 
+    if bool(args.paths) == bool(args.input):
+        raise InputError("give what to predict either as --input DIR_OR_CSV or as PATH arguments (one of them)")
     project = _project(args)
-    run_predict(project, args.paths, model_uri(project, args.version, args.model),
+    run_predict(project, [args.input] if args.input else args.paths, model_uri(project, args.version, args.model),
                 Path(args.output) if args.output else None)
     return 0
 
@@ -256,15 +258,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Actions.
     add("rollback", cmd_rollback, "move the champion alias back to the previous champion")
-    predict = add("predict", cmd_predict, "classify image files or folders with a registered model (CSV)")
-    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    predict = add("predict", cmd_predict, "auto-label images with a registered model: predictions CSV (calibrated "
+                  "confidence, top-3, needs_review), a review queue and a summary beside it")
+    predict.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders (searched recursively)")
+    predict.add_argument("-i", "--input", metavar="DIR_OR_CSV",
+                         help="a folder of images, or a CSV with an 'image' column (paths relative to the CSV's "
+                              "folder or absolute) and optionally 'label' (then precision and coverage are reported)")
     which = predict.add_mutually_exclusive_group()
     which.add_argument("--version", help="registered model version (default: the champion)")
     which.add_argument("--model-uri", dest="model", metavar="URI",
                        help="any MLflow model URI of a served model, e.g. models:/NAME@challenger")
     # The first spelling of --model-uri; hidden because everywhere else --model is one of params.models.
     which.add_argument("--model", dest="model", help=argparse.SUPPRESS)
-    predict.add_argument("-o", "--output", help="CSV file to write (default: standard output)")
+    predict.add_argument("-o", "--output", help="predictions CSV to write, with <stem>_review.csv and "
+                         "<stem>_summary.json beside it (default: predictions to standard output only)")
     serve = add("serve", cmd_serve, "serve the champion over HTTP with mlflow models serve (offline)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     serve.add_argument("--port", type=int, default=5001, help="port (default: %(default)s)")

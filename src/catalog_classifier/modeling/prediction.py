@@ -4,11 +4,15 @@ Used by ``catalog-classifier predict``, by the promotion gate (to score champion
 images) and by the served MLflow model, so all three decode, resize and run a model in exactly one way,
 the way the evaluate stage does (same decoder, same resize, same runtime settings, same forward pass).
 One unreadable image gets a reason in its own row; it never stops the batch.
+
+A classifier folder may carry the evaluate stage's ``autolabel.json``: its temperature turns logits into calibrated
+confidences, and its threshold says which predictions can be taken as labels without a human look
+(``needs_review`` is false only at or above it). Without that file (versions registered before calibration) the
+temperature is 1 and every row needs review: an uncalibrated confidence promises no precision.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -25,7 +29,8 @@ from catalog_classifier.data.images import ImageLoadError, load_rgb, resize_to_a
 from catalog_classifier.data.imageset import ImageSet
 from catalog_classifier.modeling.models import Classifier, load_classifier
 from catalog_classifier.modeling.training import predict_logits
-from catalog_classifier.ops.io import read_json, write_json
+from catalog_classifier.ops.io import CorruptFileError, read_json, write_json
+from catalog_classifier.ops.progress import progress
 from catalog_classifier.ops.runtime import Runtime, resolve_runtime
 
 log = logging.getLogger(__name__)
@@ -33,10 +38,11 @@ log = logging.getLogger(__name__)
 TOP_K = 3
 # Extensions picked up when a folder is given; a file named explicitly is always tried, whatever its name.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-OUTPUT_COLUMNS = ["image", "label", "probability", "top3", "error"]
+OUTPUT_COLUMNS = ["image", "label", "confidence", "top3", "needs_review", "error"]
 WEIGHTS_FILE = "model.pt"
 CONFIG_FILE = "model_config.json"
 SETTINGS_FILE = "serving.json"
+AUTOLABEL_FILE = "autolabel.json"
 
 Loader = Callable[[], Any]  # returns a PIL RGB image or raises ImageLoadError
 
@@ -58,24 +64,72 @@ class InferenceSettings:
         return cls(**{key: payload[key] for key in cls.__dataclass_fields__ if key in payload})
 
 
-def write_classifier_dir(weights: Path, directory: Path, settings: InferenceSettings) -> Path:
-    """The self-contained folder a served model carries: weights, preprocessing config, inference settings."""
+@dataclass(frozen=True)
+class Calibration:
+    """Temperature and auto-label threshold of one model (from its ``autolabel.json``); the default is none."""
+
+    temperature: float = 1.0
+    threshold: float | None = None  # None: no confidence reaches the target precision, every row needs review
+    target_precision: float | None = None
+    test_coverage: float | None = None  # share of the evaluate stage's test images at or above the threshold
+
+    @classmethod
+    def from_autolabel(cls, payload: dict[str, Any], source: Path | str) -> Calibration:
+        """Only the fields prediction needs; a threshold counts only when the target precision was reachable."""
+        temperature = float(payload["temperature"])
+        if not np.isfinite(temperature) or temperature <= 0:
+            raise CorruptFileError(f"{source}: temperature must be a positive number, got {payload['temperature']!r}")
+        threshold = payload.get("threshold") if payload.get("reachable") else None
+        coverage = (payload.get("test") or {}).get("coverage")
+        return cls(temperature=temperature, threshold=None if threshold is None else float(threshold),
+                   target_precision=float(payload["target_precision"]),
+                   test_coverage=None if coverage is None else float(coverage))
+
+    @classmethod
+    def read(cls, path: Path) -> Calibration:
+        return cls.from_autolabel(read_json(path), path)
+
+    def needs_review(self, confidence: float) -> bool:
+        return self.threshold is None or not confidence >= self.threshold
+
+
+def write_classifier_dir(weights: Path, directory: Path, settings: InferenceSettings,
+                         autolabel: Path | None = None) -> Path:
+    """The self-contained folder a served model carries: weights, preprocessing config, inference settings and,
+    when given, the calibration (``autolabel.json``) its confidences and review flags come from."""
     import shutil
 
     directory.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, directory / WEIGHTS_FILE)
     shutil.copyfile(weights.with_name(CONFIG_FILE), directory / CONFIG_FILE)
     write_json(directory / SETTINGS_FILE, settings.to_dict())
+    if autolabel is not None:
+        shutil.copyfile(autolabel, directory / AUTOLABEL_FILE)
     return directory
+
+
+def format_top3(top: Sequence[tuple[str, float]]) -> str:
+    """``label:prob;label:prob;...`` (six decimals), most probable first."""
+    return ";".join(f"{label}:{probability:.6f}" for label, probability in top)
+
+
+def parse_top3(text: str) -> list[tuple[str, float]]:
+    """The pairs :func:`format_top3` wrote (a class name may hold ``:``; the probability never does)."""
+    if not text:
+        return []
+    pairs = [item.rsplit(":", 1) for item in text.split(";")]
+    return [(label, float(probability)) for label, probability in pairs]
 
 
 class ImageClassifier:
     """A trained classifier with the preprocessing and runtime it was stored with."""
 
-    def __init__(self, model: Classifier, config: dict[str, Any], settings: InferenceSettings) -> None:
+    def __init__(self, model: Classifier, config: dict[str, Any], settings: InferenceSettings,
+                 calibration: Calibration | None = None) -> None:
         self.config = config
         self.classes: list[str] = list(config["classes"])
         self.settings = settings
+        self.calibration = calibration or Calibration()
         self.runtime: Runtime = resolve_runtime(settings.channels_last, settings.bf16, settings.num_threads)
         self.model = model.to(memory_format=torch.channels_last) if self.runtime.channels_last else model
 
@@ -86,18 +140,31 @@ class ImageClassifier:
         settings_file = directory / SETTINGS_FILE
         settings = InferenceSettings.from_dict(read_json(settings_file)) if settings_file.is_file() else (
             InferenceSettings())
-        return cls(model, config, settings)
+        autolabel = directory / AUTOLABEL_FILE
+        if autolabel.is_file():
+            calibration = Calibration.read(autolabel)
+        else:
+            calibration = Calibration()
+            log.info("%s has no %s (registered before calibration): temperature 1, every prediction needs review",
+                     directory, AUTOLABEL_FILE)
+        return cls(model, config, settings, calibration)
 
-    def predict_files(self, paths: Sequence[Path | str]) -> pd.DataFrame:
-        """One row per path, in order: label, probability, top-3 (JSON), or the reason it could not be read."""
-        return self._predict([str(path) for path in paths], [_file_loader(Path(path)) for path in paths])
+    def predict_files(self, paths: Sequence[Path | str | None], names: Sequence[str] | None = None,
+                      progress_desc: str | None = None) -> pd.DataFrame:
+        """One row per path, in order: label, calibrated confidence, top-3, review flag, or why it was unreadable.
+
+        ``names`` (default: the paths) fill the ``image`` column; a path of ``None`` is a row without one.
+        ``progress_desc`` shows a progress bar over the batches (in a terminal only).
+        """
+        shown = [str(path) for path in paths] if names is None else list(names)
+        return self._predict(shown, [_file_loader(path) for path in paths], progress_desc)
 
     def predict_encoded(self, names: Sequence[str], payloads: Sequence[bytes | None]) -> pd.DataFrame:
         """Same as :meth:`predict_files` for encoded image bytes (a payload of ``None`` is reported as such)."""
         return self._predict(list(names), [_bytes_loader(payload) for payload in payloads])
 
     def probabilities_for_files(self, paths: Sequence[Path]) -> tuple[np.ndarray, list[str]]:
-        """Class probabilities (N, C) for images that must all be readable (the gate's scoring)."""
+        """Calibrated class probabilities (N, C) for images that must all be readable (the gate's scoring)."""
         pixels = [self._decode(_file_loader(Path(path))) for path in paths]
         return self._forward(np.stack(pixels)) if pixels else np.empty((0, len(self.classes))), self.classes
 
@@ -105,16 +172,22 @@ class ImageClassifier:
         height, width = self.config["input_size"]
         return resize_to_array(loader(), (height, width), self.config["interpolation"])
 
-    def _forward(self, pixels: np.ndarray) -> np.ndarray:
+    def _logits(self, pixels: np.ndarray) -> torch.Tensor:
         batch = ImageSet(pixels=torch.from_numpy(pixels), labels=torch.zeros(len(pixels), dtype=torch.int64),
                          names=[""] * len(pixels))
-        logits = predict_logits(self.model, batch, self.settings.batch_size, self.runtime)
-        return torch.softmax(logits, 1).numpy()
+        return predict_logits(self.model, batch, self.settings.batch_size, self.runtime)
 
-    def _predict(self, names: list[str], loaders: list[Loader]) -> pd.DataFrame:
+    def _forward(self, pixels: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities: softmax of logits / temperature (the argmax, so the label, is unchanged)."""
+        return torch.softmax(self._logits(pixels) / self.calibration.temperature, 1).numpy()
+
+    def _predict(self, names: list[str], loaders: list[Loader], progress_desc: str | None = None) -> pd.DataFrame:
         rows: list[dict[str, Any]] = []
+        starts = range(0, len(loaders), self.settings.batch_size)
+        if progress_desc is not None:
+            starts = progress(starts, desc=progress_desc, total=len(starts))
         # Decode one batch at a time: a folder of thousands of photos never sits in memory at once.
-        for start in range(0, len(loaders), self.settings.batch_size):
+        for start in starts:
             chunk = range(start, min(start + self.settings.batch_size, len(loaders)))
             decoded: dict[int, np.ndarray] = {}
             errors: dict[int, str] = {}
@@ -128,21 +201,28 @@ class ImageClassifier:
             for index in chunk:
                 if index in errors:
                     log.warning("%s: %s", names[index], errors[index])
-                    rows.append({"image": names[index], "label": "", "probability": float("nan"), "top3": "",
-                                 "error": errors[index]})
+                    # No prediction is no label: such a row always goes to a human.
+                    rows.append({"image": names[index], "label": "", "confidence": float("nan"), "top3": "",
+                                 "needs_review": True, "error": errors[index]})
                 else:
                     rows.append({"image": names[index], **self._describe(probabilities[position[index]])})
         return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
 
     def _describe(self, probabilities: np.ndarray) -> dict[str, Any]:
         order = np.argsort(-probabilities, kind="stable")[:TOP_K]
-        top = [[self.classes[i], round(float(probabilities[i]), 6)] for i in order]
-        return {"label": top[0][0], "probability": top[0][1], "top3": json.dumps(top, ensure_ascii=False),
-                "error": ""}
+        confidence = float(probabilities[order[0]])
+        return {"label": self.classes[order[0]], "confidence": round(confidence, 6),
+                "top3": format_top3([(self.classes[i], float(probabilities[i])) for i in order]),
+                "needs_review": self.calibration.needs_review(confidence), "error": ""}
 
 
-def _file_loader(path: Path) -> Loader:
-    return lambda: load_rgb(path)
+def _file_loader(path: Path | str | None) -> Loader:
+    def load() -> Any:
+        if path is None or str(path) == "":
+            raise ImageLoadError("no image path")
+        return load_rgb(path)
+
+    return load
 
 
 def _bytes_loader(payload: bytes | None) -> Loader:

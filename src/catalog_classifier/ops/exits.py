@@ -12,3 +12,7 @@ EXIT_TRANSIENT = 75
 
 class ModelError(ValueError):
     """A model name timm does not know, or weights that do not fit the architecture: no retry can fix it."""
+
+
+class InputError(ValueError):
+    """A command's input file is not what it needs (e.g. a predict CSV without an ``image`` column): permanent."""

@@ -5,6 +5,10 @@ A challenger replaces the champion only when, on the same images, its macro-F1 b
 split minus every image the champion was trained on (by file name or content hash), so the champion is
 never judged on photos it has memorised. The first model (no champion) must pass the floor only.
 
+Auto-labelling adds one rule for every challenger, the first included: at its own calibrated threshold (the one
+that reached ``autolabel.target_precision`` on validation), it must auto-label at least ``min_coverage`` of the
+shared images. A model that is accurate but confident on too few photos saves no manual labelling. 0 disables it.
+
 Scores are computed over the classes present in the shared images: removing the champion's training images
 can leave a class with no test image, and an F1 of 0 for a class nobody could be tested on would decide
 nothing but the outcome. Predictions of such a class still count as errors for the image's true class.
@@ -71,6 +75,23 @@ def shared_test_images(test_manifest: pd.DataFrame, champion_train: pd.DataFrame
     return test_manifest[~seen].reset_index(drop=True), sorted(test_manifest.loc[seen, "image"])
 
 
+def autolabel_figures(true_labels: Sequence[str], predicted: Sequence[str], confidences: Sequence[float],
+                      threshold: float | None) -> dict[str, float | int | None]:
+    """Coverage (share of images with confidence >= threshold) and the precision of those auto-labels.
+
+    No threshold (the target precision was not reachable, or the model carries no calibration): coverage 0.
+    """
+    if threshold is None:
+        chosen = [False] * len(true_labels)
+    else:
+        chosen = [confidence >= threshold for confidence in confidences]
+    n_auto = sum(chosen)
+    right = sum(1 for keep, truth, guess in zip(chosen, true_labels, predicted, strict=True) if keep and truth == guess)
+    return {"n_auto_labelled": n_auto,
+            "coverage": n_auto / len(true_labels) if true_labels else 0.0,
+            "precision": right / n_auto if n_auto else None}
+
+
 def decide(
     true_labels: Sequence[str],
     challenger: Sequence[str],
@@ -79,11 +100,17 @@ def decide(
     *,
     min_delta: float,
     class_f1_floor: float,
+    coverage: float | None = None,
+    min_coverage: float = 0.0,
 ) -> Decision:
-    """Apply the rule to per-image predicted labels of both models on the same images (champion None: first)."""
+    """Apply the rule to per-image predicted labels of both models on the same images (champion None: first).
+
+    ``coverage`` is the challenger's auto-label coverage on those images (None: not measured, counts as 0 when
+    ``min_coverage`` > 0).
+    """
     if not true_labels:
         return Decision(False, "no shared test image: the champion was trained on every test image", {
-            "n_images": 0, "min_delta": min_delta, "class_f1_floor": class_f1_floor})
+            "n_images": 0, "min_delta": min_delta, "class_f1_floor": class_f1_floor, "min_coverage": min_coverage})
     mine = score(true_labels, challenger, classes)
     weakest_class, weakest_f1 = mine.weakest
     figures: dict[str, Any] = {
@@ -94,17 +121,24 @@ def decide(
         "weakest_class_f1": round(weakest_f1, 6),
         "min_delta": min_delta,
         "class_f1_floor": class_f1_floor,
+        "min_coverage": min_coverage,
     }
+    if coverage is not None:
+        figures["challenger_coverage"] = round(coverage, 6)
     failures = []
     below = sorted(name for name, value in mine.per_class.items() if value < class_f1_floor - TOLERANCE)
     if below:
         listed = ", ".join(f"{name} {mine.per_class[name]:.3f}" for name in below)
         failures.append(f"class F1 below the floor {class_f1_floor:g}: {listed}")
+    covered = coverage or 0.0
+    if min_coverage > 0 and covered < min_coverage - TOLERANCE:
+        failures.append(f"auto-label coverage {covered:.3f} below the minimum {min_coverage:g}")
     if champion is None:
         if failures:
-            return Decision(False, f"first model: {failures[0]}", figures)
+            return Decision(False, "first model: " + "; ".join(failures), figures)
         return Decision(True, f"first model: every class F1 >= {class_f1_floor:g} "
-                              f"(weakest {weakest_class} {weakest_f1:.3f})", figures)
+                              f"(weakest {weakest_class} {weakest_f1:.3f}){_covered(covered, min_coverage)}",
+                        figures)
     theirs = score(true_labels, champion, classes)
     delta = mine.f1_macro - theirs.f1_macro
     figures.update(champion_f1_macro=round(theirs.f1_macro, 6), delta=round(delta, 6),
@@ -115,5 +149,9 @@ def decide(
         failures.insert(0, f"{comparison}: does not beat it by {min_delta:g}")
     if failures:
         return Decision(False, "; ".join(failures), figures)
-    return Decision(True, f"{comparison}: beats it by >= {min_delta:g}; every class F1 >= {class_f1_floor:g}",
-                    figures)
+    return Decision(True, f"{comparison}: beats it by >= {min_delta:g}; every class F1 >= {class_f1_floor:g}"
+                          f"{_covered(covered, min_coverage)}", figures)
+
+
+def _covered(coverage: float, min_coverage: float) -> str:
+    return f"; auto-label coverage {coverage:.3f} >= {min_coverage:g}" if min_coverage > 0 else ""

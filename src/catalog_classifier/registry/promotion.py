@@ -5,6 +5,10 @@ current champion are run, each with its own stored preprocessing, on the same im
 the champion's training images. The rule itself is :func:`catalog_classifier.registry.gate.decide`; the registry
 writes are in :mod:`catalog_classifier.registry.versions`. ``dry_run`` scores and decides but logs, registers and
 writes nothing.
+
+The registered model carries its calibration (the evaluate stage's ``autolabel.json``: temperature and auto-label
+threshold), so whoever serves it gets calibrated confidences and review flags; the version's tags say which, and
+how much of the gate's images the challenger auto-labelled at that threshold.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import pandas as pd
 from catalog_classifier.config.layout import Project
 from catalog_classifier.config.params import ParamsError
 from catalog_classifier.data.manifests import read_manifest
-from catalog_classifier.modeling.prediction import ImageClassifier, InferenceSettings, write_classifier_dir
-from catalog_classifier.registry.gate import Decision, decide, shared_test_images
+from catalog_classifier.modeling.prediction import Calibration, ImageClassifier, InferenceSettings, write_classifier_dir
+from catalog_classifier.registry.gate import Decision, autolabel_figures, decide, shared_test_images
 from catalog_classifier.registry.served import TRAIN_MANIFEST, load_served_model, log_served_model
 from catalog_classifier.registry.tracking import data_version, git_commit, setup_mlflow
 from catalog_classifier.registry.versions import (
@@ -52,10 +56,15 @@ def _read_train_manifest(path: Path) -> pd.DataFrame:
 
 
 def _challenger_dir(project: Project, model_name: str, run_id: str, folder: Path) -> Path:
-    """Weights, preprocessing config, inference settings and the run's own training manifest, in one folder."""
+    """Weights, preprocessing config, inference settings, calibration and the run's own training manifest."""
     import mlflow
 
-    directory = write_classifier_dir(project.weights(model_name), folder / "classifier", inference_settings(project))
+    autolabel = project.autolabel(model_name)
+    if not autolabel.is_file():
+        log.warning("%s is missing (evaluate stage older than calibration?): %s is registered uncalibrated "
+                    "(temperature 1, every prediction needs review, auto-label coverage 0)", autolabel, model_name)
+    directory = write_classifier_dir(project.weights(model_name), folder / "classifier", inference_settings(project),
+                                     autolabel if autolabel.is_file() else None)
     manifest = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=RUN_TRAIN_MANIFEST,
                                                    dst_path=str(folder / "download"))
     shutil.copyfile(manifest, directory / TRAIN_MANIFEST)
@@ -63,8 +72,23 @@ def _challenger_dir(project: Project, model_name: str, run_id: str, folder: Path
 
 
 def _labels(classifier: ImageClassifier, paths: list[Path]) -> list[str]:
+    return _predictions(classifier, paths)[0]
+
+
+def _predictions(classifier: ImageClassifier, paths: list[Path]) -> tuple[list[str], list[float]]:
+    """Predicted label and calibrated confidence of each image."""
     probabilities, classes = classifier.probabilities_for_files(paths)
-    return [classes[i] for i in probabilities.argmax(1)]
+    return [classes[i] for i in probabilities.argmax(1)], [float(value) for value in probabilities.max(1)]
+
+
+def calibration_tags(calibration: Calibration, figures: dict[str, Any]) -> dict[str, str]:
+    """Registry tags of the version's calibration: what its served confidences and review flags rest on."""
+    def text(value: float | None) -> str:
+        return "none" if value is None else str(value)
+
+    return {"temperature": text(calibration.temperature), "autolabel_threshold": text(calibration.threshold),
+            "autolabel_target_precision": text(calibration.target_precision),
+            "autolabel_coverage": text(figures.get("challenger_coverage"))}
 
 
 def judge(project: Project, challenger: ImageClassifier, model_name: str, champion: str | None) -> tuple[
@@ -83,10 +107,19 @@ def judge(project: Project, challenger: ImageClassifier, model_name: str, champi
     shared, excluded = shared_test_images(test, champion_train)
     paths = [project.path(params.data.images_dir) / name for name in shared["image"]]
     champion_labels = _labels(champion_model.classifier, paths) if champion_model is not None else None
-    decision = decide(list(shared["label"]), _labels(challenger, paths), champion_labels,
-                      params.data.classes, min_delta=params.registry.min_delta,
-                      class_f1_floor=params.registry.class_f1_floor)
+    truth = list(shared["label"])
+    labels, confidences = _predictions(challenger, paths)
+    auto = autolabel_figures(truth, labels, confidences, challenger.calibration.threshold)
+    decision = decide(truth, labels, champion_labels, params.data.classes, min_delta=params.registry.min_delta,
+                      class_f1_floor=params.registry.class_f1_floor,
+                      coverage=auto["coverage"] if truth else None, min_coverage=params.registry.min_coverage)
     decision.figures.update(n_excluded=len(excluded), compared_with=champion or "none", challenger_model=model_name)
+    if truth:
+        precision = auto["precision"]
+        decision.figures.update(challenger_n_auto_labelled=auto["n_auto_labelled"],
+                                challenger_autolabel_precision=None if precision is None else round(precision, 6),
+                                challenger_autolabel_threshold=challenger.calibration.threshold,
+                                challenger_autolabel_target_precision=challenger.calibration.target_precision)
     return decision, excluded
 
 
@@ -123,7 +156,8 @@ def promote(project: Project, model_name: str, run_id: str, *, dry_run: bool = F
             champion = champion_version(client, name)
             decision, excluded = judge(project, challenger, model_name, champion)
             version = register_challenger(client, name, served.model_uri, run_id, context).version
-            tags = version_tags(decision.to_dict(), {**context, "decided_at": now()})
+            tags = version_tags(decision.to_dict(), {**context, "decided_at": now(),
+                                                     **calibration_tags(challenger.calibration, decision.figures)})
             record_decision(client, name, str(version), decision.promote, tags)
     return _report(name, str(version), champion, decision, excluded, context, dry_run=False)
 
@@ -175,12 +209,24 @@ def describe(report: dict[str, Any]) -> str:
         lines.append(f"  challenger macro-F1 {figures['challenger_f1_macro']:.4f}, weakest class "
                      f"{figures['weakest_class']} {figures['weakest_class_f1']:.3f} "
                      f"(floor {figures['class_f1_floor']:g})")
+    if "challenger_coverage" in figures:
+        lines.append(_coverage_line(figures))
     if "champion_f1_macro" in figures:
         lines.append(f"  champion macro-F1 {figures['champion_f1_macro']:.4f}, delta {figures['delta']:+.4f} "
                      f"(needed >= {figures['min_delta']:g})")
     if not report["dry_run"]:
         lines.append(f"  champion now: {_version(report['champion_after'])}")
     return "\n".join(lines)
+
+
+def _coverage_line(figures: dict[str, Any]) -> str:
+    def shown(value: float | None, spec: str) -> str:
+        return "none" if value is None else format(value, spec)
+
+    return (f"  auto-label coverage {figures['challenger_coverage']:.3f} (minimum {figures['min_coverage']:g}) at "
+            f"threshold {shown(figures.get('challenger_autolabel_threshold'), '.4f')}, precision "
+            f"{shown(figures.get('challenger_autolabel_precision'), '.3f')} "
+            f"(target {shown(figures.get('challenger_autolabel_target_precision'), 'g')})")
 
 
 def _version(version: str | None) -> str:

@@ -1,11 +1,17 @@
-"""The served model: an MLflow pyfunc that takes base64-encoded images and answers label, probability, top-3.
+"""The served model: an MLflow pyfunc that takes base64-encoded images and answers label, calibrated confidence,
+top-3 and whether the label needs a human review.
 
 The pipeline's "model" artifact (pytorch flavour) takes float tensors, which no HTTP client should have to
 build. This wrapper carries the same weights with their own preprocessing config, so a request is just the
 image file's bytes, base64-encoded, in a column named ``image``:
 
     POST /invocations  {"dataframe_records": [{"image": "<base64 of the JPEG/PNG file>"}, ...]}
-    -> {"predictions": [{"label": ..., "probability": ..., "top3": "[[label, p], ...]", "error": ""}, ...]}
+    -> {"predictions": [{"label": ..., "confidence": ..., "top3": "label:p;label:p;label:p",
+                         "needs_review": false, "error": ""}, ...]}
+
+``confidence`` is calibrated (the temperature the evaluate stage fitted on validation, carried in the model's
+``autolabel.json``); ``needs_review`` is false only at or above the threshold that reached
+``autolabel.target_precision`` on validation. An unreadable image has ``confidence`` null, ``needs_review`` true.
 
 It is logged as "model from code" (``served_model.py``, no pickle) and the class lives in the package, so it
 loads wherever ``catalog_classifier`` is importable: in this project's virtual environment, which is what
@@ -68,9 +74,10 @@ class CatalogClassifierModel(mlflow.pyfunc.PythonModel):
         cells = list(model_input[INPUT_COLUMN])
         frame = self.classifier.predict_encoded([f"row {i}" for i in range(len(cells))],
                                                 [decode_base64(cell) for cell in cells])
-        # No probability for an unreadable image: null in the JSON answer (NaN is not valid JSON).
-        probability = frame["probability"].astype(object)
-        frame["probability"] = probability.where(frame["probability"].notna(), None)
+        # No confidence for an unreadable image: null in the JSON answer (NaN is not valid JSON).
+        confidence = frame["confidence"].astype(object)
+        frame["confidence"] = confidence.where(frame["confidence"].notna(), None)
+        frame["needs_review"] = frame["needs_review"].astype(bool)
         return frame[RESPONSE_COLUMNS]
 
 
@@ -90,8 +97,8 @@ def _signature() -> Any:
 
     return ModelSignature(
         inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
-        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "probability", required=False),
-                        ColSpec("string", "top3"), ColSpec("string", "error")]),
+        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "confidence", required=False),
+                        ColSpec("string", "top3"), ColSpec("boolean", "needs_review"), ColSpec("string", "error")]),
     )
 
 
@@ -107,7 +114,9 @@ def log_served_model(classifier_dir: Path, example_image: Path) -> Any:
         input_example=example,
         pip_requirements=_requirements(),
         metadata={"classes": classifier.classes, "model_name": classifier.config["model_name"],
-                  "request": f"base64-encoded image file bytes in column {INPUT_COLUMN!r}"},
+                  "request": f"base64-encoded image file bytes in column {INPUT_COLUMN!r}",
+                  "temperature": classifier.calibration.temperature,
+                  "autolabel_threshold": classifier.calibration.threshold},
     )
 
 

@@ -1,4 +1,4 @@
-"""Entry points that use a registered model: ``predict`` on files or folders, and the HTTP model server."""
+"""Entry points that use a registered model: batch ``predict`` (files, folders or a CSV), and the HTTP model server."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from pathlib import Path
 import pandas as pd
 
 from catalog_classifier.config.layout import Project
-from catalog_classifier.modeling.prediction import expand_paths
-from catalog_classifier.ops.io import write_csv
 from catalog_classifier.registry.tracking import setup_mlflow
 from catalog_classifier.registry.versions import CHAMPION
 
@@ -26,27 +24,35 @@ def model_uri(project: Project, version: str | None = None, uri: str | None = No
     return f"models:/{name}/{version}" if version else f"models:/{name}@{CHAMPION}"
 
 
-def run_predict(project: Project, paths: Sequence[str], uri: str, output: Path | None) -> pd.DataFrame:
-    """CSV of image, label, probability, top-3 (and a per-file error) to ``output`` or stdout."""
+def run_predict(project: Project, sources: Sequence[str], uri: str, output: Path | None) -> pd.DataFrame:
+    """Predictions (image, label, calibrated confidence, top-3, needs_review, error) to ``output`` or stdout;
+    with ``output``, the review queue and the summary beside it. ``sources``: one CSV, or files and folders."""
     from mlflow.exceptions import MlflowException
 
+    from catalog_classifier.modeling.batch_prediction import (
+        describe_summary,
+        predict_batch,
+        read_inputs,
+        summarise,
+        write_outputs,
+    )
     from catalog_classifier.registry.served import load_served_model
 
-    files = expand_paths(paths)
-    if not files:
-        raise FileNotFoundError(f"no image found in {', '.join(paths)}")
+    batch = read_inputs(sources)  # before loading the model: a bad input fails at once
     setup_mlflow(project.params.mlflow, project.root)
     try:
         served = load_served_model(uri)
     except MlflowException as err:
         raise FileNotFoundError(f"cannot load {uri}: {str(err).splitlines()[0]}") from None
-    frame = served.classifier.predict_files(files)
+    frame = predict_batch(served.classifier, batch)
+    summary = {**summarise(frame, served.classifier, batch.labels), "model_uri": uri}
     if output is None:
         frame.to_csv(sys.stdout, index=False, lineterminator="\n")
     else:
-        write_csv(output, frame)
-    failed = int((frame["error"] != "").sum())
-    log.info("predicted %d image(s) with %s (%d unreadable)", len(frame) - failed, uri, failed)
+        review, summary_file = write_outputs(output, frame, summary)
+        log.info("wrote %s, review queue %s, summary %s", output, review, summary_file)
+    # Standard output carries the CSV when there is no output file: the summary line must not end up in it.
+    print(describe_summary(summary), file=sys.stderr if output is None else sys.stdout)
     return frame
 
 
