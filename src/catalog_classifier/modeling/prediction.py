@@ -27,6 +27,7 @@ import torch
 
 from catalog_classifier.data.images import ImageLoadError, load_rgb, resize_to_array
 from catalog_classifier.data.imageset import ImageSet
+from catalog_classifier.modeling.calibration import calibrated_probabilities
 from catalog_classifier.modeling.models import Classifier, load_classifier
 from catalog_classifier.modeling.training import predict_logits
 from catalog_classifier.ops.io import CorruptFileError, read_json, write_json
@@ -178,8 +179,11 @@ class ImageClassifier:
         return predict_logits(self.model, batch, self.settings.batch_size, self.runtime)
 
     def _forward(self, pixels: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities: softmax of logits / temperature (the argmax, so the label, is unchanged)."""
-        return torch.softmax(self._logits(pixels) / self.calibration.temperature, 1).numpy()
+        """Calibrated probabilities: softmax of logits / temperature (the argmax, so the label, is unchanged).
+
+        The evaluate stage's own function, in float64, so an image at the threshold is decided as it was there.
+        """
+        return calibrated_probabilities(self._logits(pixels).float().numpy(), self.calibration.temperature)
 
     def _predict(self, names: list[str], loaders: list[Loader], progress_desc: str | None = None) -> pd.DataFrame:
         rows: list[dict[str, Any]] = []
