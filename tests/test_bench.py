@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -16,9 +17,17 @@ from conftest import tiny_params, write_tiny_catalogue
 from catalog_classifier import cli
 from catalog_classifier.config.layout import Project
 from catalog_classifier.data.imageset import ImageSet, to_float
-from catalog_classifier.modeling.benchmark import compile_verdict, frozen_versus_full
+from catalog_classifier.modeling.benchmark import (
+    TimedClassifier,
+    batch_predict_throughput,
+    compile_verdict,
+    frozen_versus_full,
+    predict_classifier,
+    predict_paths,
+)
 from catalog_classifier.modeling.frozen import UnscaledHead, extract_features, fit_frozen
-from catalog_classifier.modeling.models import create_classifier
+from catalog_classifier.modeling.models import create_classifier, save_classifier
+from catalog_classifier.modeling.prediction import InferenceSettings
 from catalog_classifier.modeling.training import FitSettings, predict_logits
 from catalog_classifier.ops.bounded import run_bounded
 from catalog_classifier.ops.io import read_json, write_json
@@ -85,6 +94,16 @@ def test_bench_report_is_internally_consistent(bench_report: tuple[Path, dict]) 
     assert single["repeats"] == 5 and single["p50_ms"] <= single["p95_ms"]
     assert figures["compile"]["status"] == "skipped"
 
+    batch = figures["inference"]["batch_predict"]  # --quick: 16 of the 42 images, evaluate.batch_size 16, 1 thread
+    assert batch["n_images"] == batch["n_requested"] == settings["predict_images_used"] == 16
+    assert batch["images_per_s"] == pytest.approx(16 / batch["seconds"])
+    assert batch["decode_resize_s"] > 0 and batch["forward_s"] > 0
+    assert batch["decode_resize_s"] + batch["forward_s"] + batch["other_s"] == pytest.approx(batch["seconds"])
+    assert batch["batch_size"] == 16 and batch["threads"] == report["machine"]["threads"] == 1
+    assert batch["errors"] == 0 and batch["weights"] == "random" and batch["weights_file"] is None
+    assert batch["calibrated"] is False
+    assert batch["target_img_s"] == 40 and batch["meets_target"] == (batch["images_per_s"] >= 40)
+
     frozen = figures["frozen"]
     manifests = {split: sum(1 for _ in (root / f"artifacts/splits/{split}.csv").open()) - 1
                  for split in ("train", "val", "test")}
@@ -103,6 +122,9 @@ def test_bench_report_is_internally_consistent(bench_report: tuple[Path, dict]) 
 
     table = (root / "artifacts/bench/quick/bench.md").read_text(encoding="utf-8")
     assert "| resnet10t |" in table and "Quick run" in table
+    met = "met" if batch["meets_target"] else "not met"
+    assert (f"| resnet10t | batch predict, 16 images: {batch['images_per_s']:.1f} img/s (target 40 img/s: {met}) | "
+            f"{batch['seconds']:.1f} (") in table
 
 
 def test_bench_is_logged_to_mlflow(bench_report: tuple[Path, dict]) -> None:
@@ -204,3 +226,41 @@ def test_a_frozen_pipeline_run_is_not_taken_for_full_fine_tuning(tmp_path: Path)
     comparison = frozen_versus_full({"n_images": {"train": 4, "val": 2}, "feature_s": 1.0, "head_fit_s": 1.0},
                                     figures, n_train=4, n_val=2, estimated_full_fit_s=None)
     assert comparison["speedup"] is None and comparison["meets_target"] is None  # not a 0.5x "speed-up"
+
+
+def test_batch_predict_images_come_from_every_split_in_a_seeded_order(tmp_path: Path) -> None:
+    manifests = [pd.DataFrame({"image": ["a.jpg", "b.jpg"]}), pd.DataFrame({"image": ["c.jpg"]}),
+                 pd.DataFrame({"image": ["d.jpg", "e.jpg", "a.jpg"]})]
+    everything = predict_paths(manifests, tmp_path, 10, seed=3)  # fewer than asked: all 5 distinct files
+    assert sorted(path.name for path in everything) == ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
+    assert all(path.parent == tmp_path for path in everything)
+    assert predict_paths(manifests, tmp_path, 10, seed=3) == everything
+    assert predict_paths(manifests, tmp_path, 3, seed=3) == everything[:3]  # a cap takes a prefix of the order
+
+
+def test_batch_predict_uses_the_trained_model_and_its_calibration(tmp_path: Path, real_data: Path) -> None:
+    classes = ["bags", "shoes", "watches"]
+    torch.manual_seed(0)
+    model, _ = create_classifier("resnet10t", len(classes), image_size=32)
+    weights = tmp_path / "model.pt"
+    save_classifier(model, "resnet10t", classes, weights)
+    autolabel = tmp_path / "autolabel.json"
+    write_json(autolabel, {"temperature": 2.5, "reachable": True, "threshold": 0.9, "target_precision": 0.98})
+    settings = InferenceSettings(batch_size=2, channels_last=False, bf16=False, num_threads=1)
+
+    classifier, built_from = predict_classifier("resnet10t", ["x"], weights, autolabel, settings, 64, seed=1)
+    assert built_from == "trained" and classifier.classes == classes  # the stored model, not the given shape
+    assert classifier.config["input_size"] == [32, 32] and classifier.calibration.temperature == 2.5
+    assert all(torch.equal(value, model.state_dict()[key]) for key, value in classifier.model.state_dict().items())
+
+    paths = sorted((real_data / "Images").glob("*.jpg"))[:3] + [tmp_path / "missing.jpg"]
+    # Timing the two parts changes no prediction.
+    pd.testing.assert_frame_equal(TimedClassifier(classifier).predict_files(paths), classifier.predict_files(paths))
+    figures = batch_predict_throughput(classifier, paths, n_requested=5, target_img_s=1e9)
+    assert figures["n_images"] == 4 and figures["n_requested"] == 5 and figures["errors"] == 1
+    assert figures["batch_size"] == 2 and figures["threads"] == 1 and figures["meets_target"] is False
+
+    random_model, built_from = predict_classifier("resnet10t", classes, tmp_path / "none.pt", autolabel, settings,
+                                                  32, seed=1)
+    assert built_from == "random" and random_model.classes == classes
+    assert random_model.calibration.temperature == 1.0 and random_model.calibration.threshold is None

@@ -231,6 +231,8 @@ class BenchParams(_Strict):
     fit_epochs: int | None = Field(default=None, gt=0)
     frozen: bool
     frozen_max_images: int | None = Field(default=None, gt=0)
+    predict_images: int = Field(gt=0)
+    predict_target_img_s: float = Field(gt=0)
     seed: int
 
     @field_validator("inference_batch_sizes")

@@ -55,6 +55,7 @@ def markdown_tables(report: dict[str, Any]) -> str:
                      f"{_target(single['target_p50_ms'], ' ms', single['meets_target'])} | "
                      f"{single['preprocess']['p50_ms']:.1f} | {_compile_cell(figures['compile'], 'train')} | "
                      f"{_compile_cell(figures['compile'], 'inference')} |")
+    lines += _batch_predict_lines(report)
     frozen_rows = [(name, figures["frozen"]) for name, figures in report["models"].items() if "frozen" in figures]
     if frozen_rows:
         lines += ["", "| model | frozen fit s (features + head) | full fine-tuning fit s (recorded) | speed-up | "
@@ -69,6 +70,26 @@ def markdown_tables(report: dict[str, Any]) -> str:
                 f"{speedup}{_target(frozen['speedup_target'], 'x', frozen['meets_target'])} | "
                 f"{frozen['test_f1_macro']:.3f} / {_fmt(full.get('test_f1_macro'), '.3f')} |")
     return "\n".join(lines) + "\n"
+
+
+def _batch_predict_lines(report: dict[str, Any]) -> list[str]:
+    """One row per model: the end-to-end batch prediction users run, against the issue's images/s target."""
+    rows = [(name, figures["inference"]["batch_predict"]) for name, figures in report["models"].items()
+            if "batch_predict" in figures["inference"]]
+    if not rows:
+        return []
+    lines = ["", "| model | end-to-end batch prediction | s: total (decode+resize / forward+softmax / rest) | "
+             "batch, threads | weights |", "|---|---:|---:|---:|---|"]
+    for name, run in rows:
+        short = "" if run["n_images"] == run["n_requested"] else f" (of {run['n_requested']} asked: all there are)"
+        weights = f"trained{', calibrated' if run['calibrated'] else ''}" if run["weights"] == "trained" else (
+            "random (no trained model.pt)")
+        lines.append(
+            f"| {name} | batch predict, {run['n_images']} images{short}: {run['images_per_s']:.1f} img/s"
+            f"{_target(run['target_img_s'], ' img/s', run['meets_target'])} | {run['seconds']:.1f} "
+            f"({run['decode_resize_s']:.1f} / {run['forward_s']:.1f} / {run['other_s']:.1f}) | "
+            f"{run['batch_size']}, {run['threads']} | {weights} |")
+    return lines
 
 
 def _compile_cell(compiled: dict[str, Any], part: str) -> str:

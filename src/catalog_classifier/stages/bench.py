@@ -23,17 +23,21 @@ from catalog_classifier.data.splitting import SPLITS
 from catalog_classifier.modeling.benchmark import (
     DEFAULT_FIT_EPOCHS,
     BenchSettings,
+    batch_predict_throughput,
     bench_model,
     fit_settings_for_bench,
     frozen_figures,
     frozen_versus_full,
     matmul_peak,
+    predict_classifier,
+    predict_paths,
     take_sample,
 )
 from catalog_classifier.modeling.models import create_classifier
 from catalog_classifier.modeling.training import settings_from
 from catalog_classifier.ops.io import read_json, write_json, write_text
 from catalog_classifier.ops.runtime import Runtime, resolve_runtime
+from catalog_classifier.registry.promotion import inference_settings
 from catalog_classifier.registry.tracking import data_version, flatten, git_commit, metric_key, setup_mlflow
 from catalog_classifier.reporting.bench_page import markdown_tables
 
@@ -52,6 +56,7 @@ QUICK_OVERRIDES: dict[str, Any] = {
     "bench.matmul_repeats": 2,
     "bench.compile": False,
     "bench.frozen_max_images": 24,
+    "bench.predict_images": 16,
 }
 
 
@@ -114,6 +119,24 @@ def _frozen(project: Project, model_name: str, runtime: Runtime, n_train: int, n
                               estimated_full_fit_s)
 
 
+def _batch_predict(project: Project, model_name: str, paths: list[Path]) -> dict[str, Any]:
+    """End-to-end batch prediction as ``catalog-classifier predict`` runs the served model (its inference settings,
+    the trained weights and calibration when present)."""
+    params, bench = project.params, project.params.bench
+    weights = project.weights(model_name)
+    classifier, built_from = predict_classifier(
+        model_name, list(params.data.classes), weights, project.autolabel(model_name), inference_settings(project),
+        params.train.image_size, bench.seed)
+    log.info("%s: batch predict, %d images (%s weights)", model_name, len(paths), built_from)
+    figures = batch_predict_throughput(classifier, paths, bench.predict_images, bench.predict_target_img_s)
+    trained = built_from == "trained"
+    figures.update(weights=built_from, weights_file=str(weights.relative_to(project.root)) if trained else None,
+                   calibrated=trained and project.autolabel(model_name).is_file())
+    log.info("%s: batch predict %.1f img/s (decode+resize %.1f s, forward %.1f s)", model_name,
+             figures["images_per_s"], figures["decode_resize_s"], figures["forward_s"])
+    return figures
+
+
 def numeric_leaves(prefix: str, tree: Any) -> dict[str, float]:
     """Every number (and boolean, as 0/1) of a nested report, keyed by its path, for mlflow.log_metrics."""
     if isinstance(tree, dict):
@@ -138,6 +161,7 @@ def run_bench(project: Project, quick: bool = False) -> dict[str, Any]:
     n_train, n_val = len(manifests["train"]), len(manifests["val"])
     images_dir = project.path(params.data.images_dir)
     sample = take_sample(manifests["train"], images_dir, bench.n_images, bench.seed)
+    batch_paths = predict_paths([manifests[split] for split in SPLITS], images_dir, bench.predict_images, bench.seed)
     fit = fit_settings_for_bench(settings_from(params.train), bench.batch_size)
     settings = BenchSettings(
         fit=fit, warmup_steps=bench.warmup_steps, measure_steps=bench.measure_steps,
@@ -152,7 +176,8 @@ def run_bench(project: Project, quick: bool = False) -> dict[str, Any]:
         log.warning("load average %.1f on %d threads: other work competes for the cores, the figures will not "
                     "represent this machine", report["machine"]["loadavg_start"][0], runtime.threads)
     report["settings"] = {**bench.model_dump(mode="json"), "batch_size": fit.batch_size, "n_train": n_train,
-                          "n_val": n_val, "models": models, "sample_images": len(sample.manifest)}
+                          "n_val": n_val, "models": models, "sample_images": len(sample.manifest),
+                          "predict_images_used": len(batch_paths)}
     log.info("matmul peak (%d x %d, %d threads)", bench.matmul_size, bench.matmul_size, runtime.threads)
     report["peak"] = {name: matmul_peak(dtype, bench.matmul_size, bench.matmul_repeats)
                       for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
@@ -162,6 +187,7 @@ def run_bench(project: Project, quick: bool = False) -> dict[str, Any]:
         fit_epochs = bench.fit_epochs or full.get("epochs_run") or DEFAULT_FIT_EPOCHS
         figures = bench_model(model_name, len(params.data.classes), sample, settings, runtime, report["peak"],
                               n_train, n_val, fit_epochs)
+        figures["inference"]["batch_predict"] = _batch_predict(project, model_name, batch_paths)
         if bench.frozen:
             estimate = None
             if full.get("epochs_run"):
