@@ -213,7 +213,7 @@ def test_a_frozen_pipeline_run_is_not_taken_for_full_fine_tuning(tmp_path: Path)
     from conftest import tiny_params
 
     from catalog_classifier.config.layout import Project
-    from catalog_classifier.stages.bench import recorded_full_fit
+    from catalog_classifier.modeling.bench_suite import recorded_full_fit
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()), encoding="utf-8")
     project = Project.load(tmp_path / "params.yaml")

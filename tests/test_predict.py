@@ -258,11 +258,11 @@ def test_a_classifier_without_calibration_still_loads_and_sends_everything_to_re
         champion: SimpleNamespace, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # A version registered before calibration: its folder has no autolabel.json.
     from catalog_classifier.config.layout import Project
-    from catalog_classifier.registry.promotion import inference_settings
+    from catalog_classifier.modeling.prediction import pipeline_inference_settings
 
     project = Project.load(champion.project / "params.yaml")
     folder = write_classifier_dir(project.weights(champion.model), tmp_path / "classifier",
-                                  inference_settings(project))
+                                  pipeline_inference_settings(project.params))
     with caplog.at_level(logging.INFO):
         classifier = ImageClassifier.from_dir(folder)
     assert "has no autolabel.json" in caplog.text

@@ -323,8 +323,7 @@ def test_the_champion_is_not_judged_on_images_it_was_trained_on(project: Path, r
     import mlflow
 
     from catalog_classifier.config.layout import Project
-    from catalog_classifier.modeling.prediction import write_classifier_dir
-    from catalog_classifier.registry.promotion import inference_settings
+    from catalog_classifier.modeling.prediction import pipeline_inference_settings, write_classifier_dir
     from catalog_classifier.registry.served import TRAIN_MANIFEST, log_served_model
     from catalog_classifier.registry.tracking import setup_mlflow
     from catalog_classifier.registry.versions import record_decision, register_challenger
@@ -337,7 +336,8 @@ def test_the_champion_is_not_judged_on_images_it_was_trained_on(project: Path, r
         # A champion whose training manifest holds 3 of today's test images (as after a re-split).
         proj = Project.load(project / "params.yaml", {"registry.model_name": name})
         setup_mlflow(proj.params.mlflow, proj.root)
-        folder = write_classifier_dir(proj.weights(worse), tmp_path / "classifier", inference_settings(proj))
+        folder = write_classifier_dir(proj.weights(worse), tmp_path / "classifier",
+                                      pipeline_inference_settings(proj.params))
         train = pd.read_csv(project / "artifacts/splits/train.csv")
         pd.concat([train, test.head(3)]).to_csv(folder / TRAIN_MANIFEST, index=False)
         run_id = json.loads((project / f"artifacts/models/{worse}/run.json").read_text())["run_id"]

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from catalog_classifier.config.params import Params
 from catalog_classifier.data.images import ImageLoadError, load_rgb, resize_to_array
 from catalog_classifier.data.imageset import ImageSet
 from catalog_classifier.modeling.calibration import calibrated_probabilities
@@ -92,6 +93,12 @@ class Calibration:
 
     def needs_review(self, confidence: float) -> bool:
         return self.threshold is None or not confidence >= self.threshold
+
+
+def pipeline_inference_settings(params: Params) -> InferenceSettings:
+    """Run a model as the evaluate stage runs it, so the served and benchmarked predictions are the evaluated ones."""
+    return InferenceSettings(batch_size=params.evaluate.batch_size, channels_last=params.train.channels_last,
+                             bf16=params.train.bf16, num_threads=params.train.num_threads)
 
 
 def write_classifier_dir(weights: Path, directory: Path, settings: InferenceSettings,

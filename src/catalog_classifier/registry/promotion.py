@@ -24,7 +24,12 @@ import pandas as pd
 from catalog_classifier.config.layout import Project
 from catalog_classifier.config.params import ParamsError
 from catalog_classifier.data.manifests import read_manifest
-from catalog_classifier.modeling.prediction import Calibration, ImageClassifier, InferenceSettings, write_classifier_dir
+from catalog_classifier.modeling.prediction import (
+    Calibration,
+    ImageClassifier,
+    pipeline_inference_settings,
+    write_classifier_dir,
+)
 from catalog_classifier.registry.gate import Decision, autolabel_figures, decide, shared_test_images
 from catalog_classifier.registry.served import TRAIN_MANIFEST, load_served_model, log_served_model
 from catalog_classifier.registry.tracking import data_version, git_commit, setup_mlflow
@@ -44,13 +49,6 @@ log = logging.getLogger(__name__)
 RUN_TRAIN_MANIFEST = "splits/train.csv"
 
 
-def inference_settings(project: Project) -> InferenceSettings:
-    """Run the served model as the evaluate stage ran it, so its predictions are the evaluated ones."""
-    params = project.params
-    return InferenceSettings(batch_size=params.evaluate.batch_size, channels_last=params.train.channels_last,
-                             bf16=params.train.bf16, num_threads=params.train.num_threads)
-
-
 def _read_train_manifest(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"image": str, "label": str, "sha256": str})
 
@@ -63,7 +61,8 @@ def _challenger_dir(project: Project, model_name: str, run_id: str, folder: Path
     if not autolabel.is_file():
         log.warning("%s is missing (evaluate stage older than calibration?): %s is registered uncalibrated "
                     "(temperature 1, every prediction needs review, auto-label coverage 0)", autolabel, model_name)
-    directory = write_classifier_dir(project.weights(model_name), folder / "classifier", inference_settings(project),
+    directory = write_classifier_dir(project.weights(model_name), folder / "classifier",
+                                     pipeline_inference_settings(project.params),
                                      autolabel if autolabel.is_file() else None)
     manifest = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=RUN_TRAIN_MANIFEST,
                                                    dst_path=str(folder / "download"))
