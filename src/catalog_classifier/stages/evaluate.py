@@ -1,48 +1,16 @@
 """Evaluate stage: validation and test metrics, predictions, confusion matrix, calibration and the auto-labelling
-threshold, logged to the train run."""
+threshold, logged to the train run. The work is :func:`catalog_classifier.modeling.model_evaluation.evaluate_model`.
+"""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import pandas as pd
-import torch
-
 from catalog_classifier.config.layout import Project
-from catalog_classifier.data.imageset import decode_manifest
-from catalog_classifier.data.manifests import read_manifest
-from catalog_classifier.modeling.autolabel import autolabel_line, autolabel_metrics, autolabel_report
-from catalog_classifier.modeling.evaluation import (
-    classification_metrics,
-    plot_confusion,
-    plot_reliability,
-    predictions_frame,
-)
-from catalog_classifier.modeling.models import load_classifier
-from catalog_classifier.modeling.prediction import ImageClassifier, InferenceSettings, single_image_latency
-from catalog_classifier.modeling.training import predict_logits
+from catalog_classifier.modeling.autolabel import autolabel_line, autolabel_metrics
+from catalog_classifier.modeling.model_evaluation import class_report_markdown, evaluate_model
 from catalog_classifier.ops.io import read_json, write_csv, write_json, write_text
-from catalog_classifier.ops.runtime import resolve_runtime
 from catalog_classifier.registry.tracking import metric_key, setup_mlflow
-
-
-def _inference_throughput(model: torch.nn.Module, images: Any, batch_size: int, runtime: Any) -> float:
-    started = time.perf_counter()
-    predict_logits(model, images, batch_size, runtime)
-    return len(images) / (time.perf_counter() - started)
-
-
-def _single_image_latency(project: Project, model: torch.nn.Module, config: dict[str, Any],
-                          names: list[str]) -> dict[str, float]:
-    """p50/p95 ms of one test image at a time through the same predict path the served model uses."""
-    params = project.params
-    settings = InferenceSettings(batch_size=params.evaluate.batch_size, channels_last=params.train.channels_last,
-                                 bf16=params.train.bf16, num_threads=params.train.num_threads)
-    paths = [project.path(params.data.images_dir) / name for name in names]
-    timing = single_image_latency(ImageClassifier(model, config, settings), paths,
-                                  params.evaluate.latency_warmup, params.evaluate.latency_repeats)
-    return {"p50": round(timing["p50_ms"], 2), "p95": round(timing["p95_ms"], 2)}
 
 
 def run_evaluate(project: Project, model_name: str) -> dict[str, Any]:
@@ -52,42 +20,11 @@ def run_evaluate(project: Project, model_name: str) -> dict[str, Any]:
 
     params = project.params
     classes = params.data.classes
-    model, config = load_classifier(project.weights(model_name))
-    runtime = resolve_runtime(params.train.channels_last, params.train.bf16, params.train.num_threads)
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    images_dir = project.path(params.data.images_dir)
     out_dir = project.eval_dir(model_name)
-    results: dict[str, Any] = {"model": model_name}
-    frames: dict[str, pd.DataFrame] = {}
-    logits: dict[str, torch.Tensor] = {}
-    labels: dict[str, Any] = {}
-    for split in ("val", "test"):
-        images = decode_manifest(read_manifest(project, split), images_dir, model.data_config)
-        logits[split] = predict_logits(model, images, params.evaluate.batch_size, runtime)
-        probabilities = torch.softmax(logits[split], 1)
-        labels[split] = images.labels.numpy()
-        predicted = probabilities.argmax(1).numpy()
-        results[split] = classification_metrics(labels[split], predicted, classes)
-        frames[split] = predictions_frame(images.names, labels[split], probabilities.numpy(), classes)
-        if split == "test":
-            plot_confusion(labels[split], predicted, classes,
-                           f"{model_name}: test confusion (macro-F1 {results['test']['f1_macro']:.3f})",
-                           out_dir / "confusion.png")
-            results["inference_images_per_s"] = round(
-                _inference_throughput(model, images, params.evaluate.batch_size, runtime), 2)
-            results["latency_ms"] = _single_image_latency(project, model, config, images.names)
-    autolabel = autolabel_report(model_name, logits, labels, classes, params.autolabel)
-    for split, frame in frames.items():  # the calibrated confidence and the decision, per image
-        frame["calibrated_confidence"] = autolabel.confidence[split].round(6)
-        frame["auto_labelled"] = autolabel.auto[split]
-    results.update(autolabel_metrics(autolabel.summary))
+    evaluation = evaluate_model(project, model_name)
+    results, frames, autolabel = evaluation.results, evaluation.frames, evaluation.autolabel
     write_json(project.autolabel(model_name), autolabel.summary)
     write_csv(out_dir / "precision_coverage.csv", autolabel.curve)
-    plot_reliability(autolabel.reliability_before, autolabel.reliability_after,
-                     (f"{model_name}: test, uncalibrated (ECE {autolabel.summary['ece']['test_before']:.3f})",
-                      f"{model_name}: test, T={autolabel.summary['temperature']:.2f} "
-                      f"(ECE {autolabel.summary['ece']['test_after']:.3f})"), out_dir / "reliability.png")
     write_csv(out_dir / "predictions.csv", frames["test"])
     write_csv(out_dir / "val_predictions.csv", frames["val"])
     write_text(out_dir / "report.md", class_report_markdown(model_name, results, classes))
@@ -111,18 +48,3 @@ def run_evaluate(project: Project, model_name: str) -> dict[str, Any]:
           f"{results['test']['accuracy']:.4f}; val macro-F1 {results['val']['f1_macro']:.4f}")
     print(autolabel_line(autolabel.summary))
     return results
-
-
-def class_report_markdown(model_name: str, results: dict[str, Any], classes: list[str]) -> str:
-    lines = [f"# {model_name}", ""]
-    for split in ("val", "test"):
-        split_results = results[split]
-        lines += [f"## {split}: macro-F1 {split_results['f1_macro']:.4f}, "
-                  f"accuracy {split_results['accuracy']:.4f}", "",
-                  "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
-        for name in classes:
-            row = split_results["per_class"][name]
-            lines.append(f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} "
-                         f"| {row['support']} |")
-        lines.append("")
-    return "\n".join(lines)
