@@ -18,9 +18,9 @@ from conftest import TINY_MODELS, tiny_params
 from PIL import Image
 
 from catalog_classifier.config.layout import Project
-from catalog_classifier.reporting.charts import EmbedSettings, embed_image
+from catalog_classifier.reporting.charts import EmbedSettings, embed_image, precision_coverage_figure
 from catalog_classifier.reporting.collector import RegistryState, ReportInputMissing, VersionRecord, collect
-from catalog_classifier.reporting.page import render_html
+from catalog_classifier.reporting.page import UNREACHABLE, calibration_cell, render_html
 from catalog_classifier.stages.report import registry_state, write_report
 
 CLASSES = tiny_params()["data"]["classes"]
@@ -98,6 +98,27 @@ def eval_metrics(f1: float, latency: dict[str, float] | None, val_f1: float = 0.
     return metrics
 
 
+def autolabel_summary(reachable: bool = True) -> dict[str, Any]:
+    """An autolabel.json as the evaluate stage writes it (7 test images; hand-picked figures)."""
+    per_class = {name: 1.0 for name in CLASSES}
+    per_class.update({CLASSES[0]: None, CLASSES[1]: 0.0, CLASSES[2]: 0.0})  # absent class; a tie for the weakest
+    test = {"coverage": 0.571429, "precision": 1.0, "precision_interval": [0.510109, 1.0],
+            "coverage_interval": [0.250465, 0.841837], "n_auto": 4, "n": 7, "per_class_coverage": per_class}
+    if not reachable:
+        test.update(coverage=0.0, precision=None, precision_interval=None, coverage_interval=[0.0, 0.354317],
+                    n_auto=0, per_class_coverage=dict.fromkeys(CLASSES, 0.0))
+    return {"model": FULL, "temperature": 1.23456, "target_precision": 0.98, "reachable": reachable,
+            "threshold": 0.971234 if reachable else None, "interval_confidence": 0.95,
+            "val": {"coverage": 0.6 if reachable else 0.0, "precision": 1.0 if reachable else None,
+                    "n_auto": 4 if reachable else 0, "n": 7},
+            "test": test, "ece": {"val_before": 0.2, "val_after": 0.03, "test_before": 0.1234,
+                                  "test_after": 0.0456, "bins": 15}}
+
+
+PRECISION_COVERAGE = ("split,threshold,coverage,precision\nval,0.99,0.2,1.0\nval,0.9,0.6,0.95\nval,0.5,1.0,0.8\n"
+                      "test,0.99,0.285714,1.0\ntest,0.97,0.571429,1.0\ntest,0.5,1.0,0.714286\n")
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
     """A project folder with hand-written stage outputs: FULL has everything, BARE lacks every optional input."""
@@ -120,6 +141,9 @@ def project(tmp_path: Path) -> Project:
     write(root / f"artifacts/history/{FULL}.csv",
           "epoch,train_loss,train_f1_macro,val_loss,val_f1_macro,elapsed_s\n1,2.0,0.2,2.1,0.15,1\n2,1.5,0.4,1.8,0.3,2\n")
     write(root / f"artifacts/eval/{FULL}/confusion.png", png_bytes(300, 260))
+    write(root / f"artifacts/eval/{FULL}/autolabel.json", autolabel_summary())
+    write(root / f"artifacts/eval/{FULL}/precision_coverage.csv", PRECISION_COVERAGE)
+    write(root / f"artifacts/eval/{FULL}/reliability.png", png_bytes(600, 250))
     explain = root / f"artifacts/explain/{FULL}"
     write(explain / "metrics.json", {
         "n_images": 4, "gradcam": {"deletion_auc": 0.2, "deletion_auc_se": 0.01, "insertion_auc": 0.5,
@@ -139,10 +163,14 @@ def registry_with_champion() -> RegistryState:
     versions = [
         VersionRecord("3", "2026-01-03 10:00 UTC", "run3" * 4, {
             "decision": "rejected", "reason": "does not beat champion v2 by 0.01", "source_model": BARE,
-            "challenger_f1_macro": "0.48", "compared_with": "2"}, ("challenger",)),
+            "challenger_f1_macro": "0.48", "compared_with": "2", "temperature": "1.0",
+            "autolabel_threshold": "none", "autolabel_target_precision": "0.98", "autolabel_coverage": "0.0"},
+            ("challenger",)),
         VersionRecord("2", "2026-01-02 10:00 UTC", "run2" * 4, {
             "decision": "promoted", "reason": "beats champion v1 by 0.05", "source_model": FULL,
-            "challenger_f1_macro": "0.61", "decided_at": "2026-01-02T10:00:00+00:00", "previous_champion": "1"},
+            "challenger_f1_macro": "0.61", "decided_at": "2026-01-02T10:00:00+00:00", "previous_champion": "1",
+            "temperature": "1.23456", "autolabel_threshold": "0.971234", "autolabel_target_precision": "0.98",
+            "autolabel_coverage": "0.571429"},
             ("champion",)),
         VersionRecord("1", "2026-01-01 10:00 UTC", "run1" * 4, {"decision": "promoted", "reason": "first model"}),
     ]
@@ -204,7 +232,11 @@ def test_registry_section_shows_champion_aliases_and_every_decision(project: Pro
         "registered_model": "catalog-classifier", "version": "3", "decision": "rejected", "promote": False,
         "reason": "does not beat champion v2 by 0.01", "champion_before": "2", "champion_after": "2",
         "source_model": BARE, "figures": {"n_images": 7, "n_excluded": 0, "challenger_f1_macro": 0.48,
-                                          "champion_f1_macro": 0.61, "delta": -0.13, "min_delta": 0.01}})
+                                          "champion_f1_macro": 0.61, "delta": -0.13, "min_delta": 0.01,
+                                          "min_coverage": 0.5, "challenger_coverage": 0.0,
+                                          "challenger_autolabel_threshold": None,
+                                          "challenger_autolabel_precision": None,
+                                          "challenger_autolabel_target_precision": 0.98}})
     _, page = render(project)
     assert page.by_id["champion"] == (
         f"Champion: catalog-classifier v2 ({FULL}, macro-F1 0.61 when promoted 2026-01-02 10:00 UTC).")
@@ -215,9 +247,16 @@ def test_registry_section_shows_champion_aliases_and_every_decision(project: Pro
         f"rejected catalog-classifier v3 ({BARE}) — does not beat champion v2 by 0.01")
     assert "champion before: v2, after: v2" in page.by_id["decision"]
     assert "delta -0.1300" in page.by_id["decision"]
+    assert ("auto-label coverage 0.000 at no threshold (target precision not reachable on validation) "
+            "(precision —, target 0.98; minimum 0.5)") in page.by_id["decision"]
+    assert page.by_id["champion-calibration"] == (
+        "The champion serves with temperature 1.235, auto-labels at calibrated confidence ≥ 0.9712 (target "
+        "precision 0.98), 0.571 of the gate's test images auto-labelled.")
     versions = page.by_id["versions"]
     assert versions.index("v3 challenger") < versions.index("v2 champion") < versions.index("v1 ")
     assert "beats champion v1 by 0.05 (replaced v1)" in versions
+    assert "T 1.000, no threshold, coverage 0.000" in versions and "T 1.235, ≥ 0.9712, coverage 0.571" in versions
+    assert calibration_cell({"decision": "promoted"}) == "—"  # a version registered before calibration
 
 
 def test_unreachable_registry_is_said_on_the_page(project: Project) -> None:
@@ -300,3 +339,60 @@ def test_the_study_example_is_shown_for_the_champion(project: Project) -> None:
     assert f"The study's example image, explained by the champion ({FULL})" in example
     assert any(image["alt"] == "x.jpg: image, SHAP, Grad-CAM" and image.get("data-model") == FULL
                for image in page.images)
+
+
+def test_autolabel_section_shows_the_evaluate_figures(project: Project) -> None:
+    write(project.comparison(), {"selected": FULL})  # the selected model's curve and reliability diagram are shown
+    text, page = render(project)
+    assert page.cells[(FULL, "al-temperature")] == "1.235"
+    assert page.cells[(FULL, "al-ece")] == "0.123 → 0.046"
+    assert page.cells[(FULL, "al-target")] == "0.98" and page.cells[(FULL, "al-threshold")] == "0.9712"
+    assert page.cells[(FULL, "al-coverage")] == "0.571 (4/7) [0.250, 0.842]"
+    assert page.cells[(FULL, "al-precision")] == "1.000 [0.510, 1.000]"
+    assert page.cells[(FULL, "al-weakest")] == f"{CLASSES[1]} 0.000"  # None (no test image) is no candidate
+    section = page.by_id["autolabel"]
+    assert "Intervals: Wilson, 95%; ECE over 15 bins." in section
+    # BARE's evaluate predates calibration: said, with the file and the stage to run; no row for it.
+    assert (f"Auto-labelling of {BARE} is not recorded: {project.autolabel(BARE)} is missing (an evaluate run "
+            f"from before calibration): run dvc repro evaluate@{BARE}") in section
+    assert (BARE, "al-temperature") not in page.cells
+    charts = {image.get("id"): image for image in page.images if image.get("id") in (
+        "precision-coverage-chart", "reliability-chart")}
+    assert set(charts) == {"precision-coverage-chart", "reliability-chart"}
+    assert (charts["reliability-chart"]["width"], charts["reliability-chart"]["height"]) == ("600", "250")
+    assert f"<code>artifacts/eval/{FULL}/autolabel.json</code>" in text  # listed among the files read
+
+
+def test_autolabel_section_of_a_selected_model_without_files(project: Project) -> None:
+    _, page = render(project)  # BARE is selected (validation) and has no auto-labelling files
+    section = page.by_id["autolabel"]
+    assert f"{BARE} (selected model)" in section
+    assert (f"No precision–coverage curve for {BARE}: {project.eval_dir(BARE)}/precision_coverage.csv is missing."
+            in section)
+    assert f"No reliability diagram for {BARE}: {project.eval_dir(BARE)}/reliability.png is missing." in section
+    assert not [image for image in page.images if image.get("id") in ("precision-coverage-chart", "reliability-chart")]
+
+
+def test_an_unreachable_target_says_nothing_is_auto_labelled(project: Project) -> None:
+    write(project.autolabel(FULL), autolabel_summary(reachable=False))
+    _, page = render(project)
+    assert page.cells[(FULL, "al-threshold")] == UNREACHABLE == (
+        "target not reachable on validation: nothing auto-labelled")
+    assert page.cells[(FULL, "al-coverage")] == "0.000 (0/7) [0.000, 0.354]"
+    assert page.cells[(FULL, "al-precision")] == "—"
+
+
+def test_precision_coverage_chart_draws_the_csv(project: Project) -> None:
+    model = collect(project, RegistryState("x")).models[0]
+    axes = precision_coverage_figure(model).axes[0]
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    assert list(lines) == ["val", "test", "target precision 0.98", "threshold 0.9712 on test"]
+    assert list(lines["val"].get_xdata()) == [0.2, 0.6, 1.0]
+    assert list(lines["test"].get_ydata()) == [1.0, 1.0, 0.714286]
+    assert list(lines["target precision 0.98"].get_ydata()) == [0.98, 0.98]
+    assert (list(lines["threshold 0.9712 on test"].get_xdata()), list(lines["threshold 0.9712 on test"].get_ydata())
+            ) == ([0.571429], [1.0])
+    write(project.autolabel(FULL), autolabel_summary(reachable=False))  # no threshold: no point marked
+    model = collect(project, RegistryState("x")).models[0]
+    assert [line.get_label() for line in precision_coverage_figure(model).axes[0].get_lines()] == [
+        "val", "test", "target precision 0.98"]

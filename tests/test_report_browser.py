@@ -90,6 +90,13 @@ def test_report_in_chromium(tiny_pipeline: Path, tmp_path: Path) -> None:
             latency = evaluated.get("latency_ms")
             expected = f"{latency['p50']:.1f} / {latency['p95']:.1f}" if latency else "—"
             assert page.locator(f'#comparison-table tr[data-model="{model}"] td.latency').inner_text() == expected
+            autolabel = json.loads(project.autolabel(model).read_text())
+            row = page.locator(f'#autolabel-table tr[data-model="{model}"]')
+            assert row.locator("td.al-temperature").inner_text() == f"{autolabel['temperature']:.3f}"
+            threshold = autolabel["threshold"]
+            assert row.locator("td.al-threshold").inner_text() == (
+                f"{threshold:.4f}" if autolabel["reachable"] else
+                "target not reachable on validation: nothing auto-labelled")
         confusion = page.locator("img.confusion")
         assert confusion.count() == len(TINY_MODELS)
         widths = confusion.evaluate_all("images => images.map(image => image.complete ? image.naturalWidth : 0)")
@@ -97,6 +104,8 @@ def test_report_in_chromium(tiny_pipeline: Path, tmp_path: Path) -> None:
         broken = page.evaluate("[...document.images].filter(image => !image.complete || !image.naturalWidth).length")
         assert broken == 0
         assert page.locator("#curves-chart").is_visible() and page.locator("#per-class-chart").is_visible()
+        for chart in ("precision-coverage-chart", "reliability-chart"):
+            assert page.locator(f"#{chart}").is_visible(), chart
         champion_text = page.locator("#champion").inner_text()
         assert (f"Champion: catalog-classifier v{champion}" in champion_text if champion
                 else "No champion" in champion_text)

@@ -11,11 +11,14 @@ import base64
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from catalog_classifier.reporting.collector import ModelInputs
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -126,3 +129,39 @@ def per_class_f1_png(models: list[ModelInputs], classes: list[str], floor: float
     axes.grid(axis="x", alpha=0.3)
     axes.legend(fontsize=8, loc="lower right")
     return _figure_png(figure)
+
+
+def precision_coverage_png(model: ModelInputs) -> bytes | None:
+    """The chart of :func:`precision_coverage_figure` as PNG bytes; None when the model has no curve."""
+    figure = precision_coverage_figure(model)
+    return None if figure is None else _figure_png(figure)
+
+
+def precision_coverage_figure(model: ModelInputs) -> Figure | None:
+    """Precision of the auto-labelled images against the share auto-labelled, one line per split (val chose the
+    threshold, test measures it), the target precision as a horizontal line and the chosen threshold's test point
+    marked: how much labelling the threshold saves, and what a stricter or looser one would have given."""
+    from matplotlib.figure import Figure
+
+    if not model.precision_coverage:
+        return None
+    frame = pd.DataFrame(model.precision_coverage)
+    summary = model.autolabel or {}
+    figure = Figure(figsize=(7.5, 4.2))
+    axes = figure.subplots()
+    for split, colour in (("val", "C0"), ("test", "C1")):
+        rows = frame[frame["split"] == split].sort_values("coverage")
+        if not rows.empty:
+            axes.plot(rows["coverage"], rows["precision"], "-", color=colour, linewidth=1.4, label=split)
+    target = summary.get("target_precision")
+    if target is not None:
+        axes.axhline(target, color="#cf222e", linestyle="--", linewidth=1, label=f"target precision {target:g}")
+    test = summary.get("test") or {}
+    if summary.get("reachable") and test.get("precision") is not None:
+        axes.plot([test["coverage"]], [test["precision"]], "*", color="C1", markersize=15, markeredgecolor="black",
+                  markeredgewidth=0.6, label=f"threshold {summary['threshold']:.4f} on test")
+    axes.set(xlim=(0, 1.02), xlabel="coverage (share auto-labelled)", ylabel="precision of the auto-labelled",
+             title=f"{model.name}: precision against coverage (calibrated confidence)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower left")
+    return figure

@@ -60,6 +60,9 @@ class ModelInputs:
     explain: ExplainInputs | None = None
     missing: dict[str, str] = field(default_factory=dict)  # section -> the optional file that was not there
     spread: dict[str, Any] | None = None  # catalog-classifier spread: the recipe under several seeds
+    autolabel: dict[str, Any] | None = None  # evaluate's autolabel.json: temperature, threshold, test coverage
+    precision_coverage: list[dict[str, Any]] | None = None  # precision_coverage.csv: split, threshold, coverage, ...
+    reliability: Path | None = None  # reliability.png: test reliability diagram before | after calibration
 
 
 @dataclass(frozen=True)
@@ -113,10 +116,33 @@ def _optional(path: Path) -> dict[str, Any] | None:
     return read_json(path) if path.is_file() else None
 
 
-def _history(path: Path) -> list[dict[str, float]] | None:
+def _csv_rows(path: Path) -> list[dict[str, Any]] | None:
     if not path.is_file():
         return None
     return pd.read_csv(path).to_dict(orient="records")
+
+
+def precision_coverage_file(project: Project, model: str) -> Path:
+    return project.eval_dir(model) / "precision_coverage.csv"
+
+
+def reliability_file(project: Project, model: str) -> Path:
+    return project.eval_dir(model) / "reliability.png"
+
+
+def _autolabel(project: Project, model: str, missing: dict[str, str]) -> dict[str, Any]:
+    """The evaluate stage's auto-labelling outputs of ``model``; an evaluate run older than calibration wrote none
+    of them, so each absent file is recorded in ``missing`` for the page to say."""
+    summary = _optional(project.autolabel(model))
+    curve = _csv_rows(precision_coverage_file(project, model))
+    reliability = reliability_file(project, model)
+    for key, path, found in (("autolabel", project.autolabel(model), summary is not None),
+                             ("precision_coverage", precision_coverage_file(project, model), curve is not None),
+                             ("reliability", reliability, reliability.is_file())):
+        if not found:
+            missing[key] = str(path)
+    return {"autolabel": summary, "precision_coverage": curve,
+            "reliability": reliability if reliability.is_file() else None}
 
 
 def _explain(project: Project, model: str) -> tuple[ExplainInputs | None, str | None]:
@@ -133,7 +159,7 @@ def collect_model(project: Project, model: str) -> ModelInputs:
     evaluated = _required(project.eval_metrics(model), f"test metrics of {model}", f"evaluate@{model}")
     missing: dict[str, str] = {}
     run = _optional(project.run_record(model))
-    history = _history(project.history(model))
+    history = _csv_rows(project.history(model))
     if history is None:
         missing["curves"] = str(project.history(model))
     confusion = project.eval_dir(model) / "confusion.png"
@@ -144,9 +170,10 @@ def collect_model(project: Project, model: str) -> ModelInputs:
         missing["explain"] = absent
     # Not a DVC dependency: a measurement of training noise (like bench), shown as found when the page is written.
     spread = _optional(project.spread(model))
+    autolabel = _autolabel(project, model, missing)
     return ModelInputs(model, trained, evaluated, run_id=(run or {}).get("run_id"), history=history,
                        confusion=confusion if confusion.is_file() else None, explain=explained, missing=missing,
-                       spread=spread)
+                       spread=spread, **autolabel)
 
 
 def collect(project: Project, registry: RegistryState, generated_at: str = "",
@@ -160,7 +187,7 @@ def collect(project: Project, registry: RegistryState, generated_at: str = "",
     sources = [project.quality_report(), project.comparison(), project.promotion_report()]
     for model in params.models:
         sources += [project.train_metrics(model), project.history(model), project.eval_metrics(model),
-                    project.explain_summary(model)]
+                    project.autolabel(model), precision_coverage_file(project, model), project.explain_summary(model)]
     return ReportInputs(
         classes=list(params.data.classes), models=models, quality=quality, registry=registry,
         comparison=comparison, promotion=promotion, class_f1_floor=params.registry.class_f1_floor,

@@ -20,7 +20,13 @@ import jinja2
 
 from catalog_classifier.registry.selection import SELECTION_RULE
 from catalog_classifier.registry.versions import CHALLENGER, CHAMPION
-from catalog_classifier.reporting.charts import EmbedSettings, embed_image, learning_curves_png, per_class_f1_png
+from catalog_classifier.reporting.charts import (
+    EmbedSettings,
+    embed_image,
+    learning_curves_png,
+    per_class_f1_png,
+    precision_coverage_png,
+)
 from catalog_classifier.reporting.collector import (
     MISSING_VALUE,
     ComparisonRow,
@@ -37,7 +43,7 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 TEMPLATE = "report.html.j2"
 SECTIONS = [("overview", "Overview"), ("data", "Data"), ("comparison", "Model comparison"),
             ("curves", "Learning curves"), ("confusion", "Confusion matrices"), ("per-class", "Per-class F1"),
-            ("explanations", "Explanations"), ("registry", "Registry")]
+            ("autolabel", "Auto-labelling"), ("explanations", "Explanations"), ("registry", "Registry")]
 COMPARISON_HEADER = ["model", "test macro-F1", "val macro-F1", "test accuracy", "fit time", "fit CPU time",
                      "epochs run (best)", "parameters (M)", "throughput (img/s, batched)",
                      "latency p50 / p95 (ms, 1 image)", "weights"]
@@ -47,6 +53,9 @@ CLASS_FIGURES = [
     ("shap_summary.png", "SHAP on a test sample: where the evidence for the predicted class lies"),
     ("faithfulness.png", "Faithfulness: deletion (lower is better) and insertion (higher is better) curves"),
 ]
+AUTOLABEL_HEADER = ["model", "T", "test ECE before → after", "target precision", "threshold (val)",
+                    "test coverage (n) [interval]", "test precision [interval]", "weakest class (test coverage)"]
+UNREACHABLE = "target not reachable on validation: nothing auto-labelled"
 VERSION_NOTES = [("previous_champion", "replaced v{}"), ("rolled_back_at", "rolled back at {}"),
                  ("rolled_back_to", "champion went back to v{}"), ("restored_at", "restored as champion at {}")]
 
@@ -271,6 +280,79 @@ def faithfulness_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]
     return rows
 
 
+def interval(pair: list[float] | None) -> str:
+    return "" if not pair else f" [{pair[0]:.3f}, {pair[1]:.3f}]"
+
+
+def weakest_coverage(per_class: dict[str, float | None]) -> str:
+    """The class the threshold leaves most to review (the first in class order on a tie); classes absent from
+    the test split (None) are not candidates."""
+    measured = [(name, share) for name, share in per_class.items() if share is not None]
+    if not measured:
+        return MISSING_VALUE
+    name, share = min(measured, key=lambda item: item[1])
+    return f"{name} {share:.3f}"
+
+
+def autolabel_cells(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(cell class, text) of a model's auto-labelling row (autolabel.json) after its model cell."""
+    test, ece = summary.get("test") or {}, summary.get("ece") or {}
+    threshold = summary.get("threshold")
+    reached = bool(summary.get("reachable")) and threshold is not None
+    coverage = (f"{fmt(test.get('coverage'), '.3f')} ({fmt(test.get('n_auto'))}/{fmt(test.get('n'))})"
+                f"{interval(test.get('coverage_interval'))}")
+    return [
+        ("al-temperature", fmt(summary.get("temperature"), ".3f")),
+        ("al-ece", f"{fmt(ece.get('test_before'), '.3f')} → {fmt(ece.get('test_after'), '.3f')}"),
+        ("al-target", fmt(summary.get("target_precision"), "g")),
+        ("al-threshold", f"{threshold:.4f}" if reached else UNREACHABLE),
+        ("al-coverage", coverage),
+        ("al-precision", f"{fmt(test.get('precision'), '.3f')}{interval(test.get('precision_interval'))}"),
+        ("al-weakest", weakest_coverage(test.get("per_class_coverage") or {})),
+    ]
+
+
+def selected_inputs(inputs: ReportInputs, best: str) -> ModelInputs:
+    return next(model for model in inputs.models if model.name == best)
+
+
+def _number(text: str | None, spec: str) -> str:
+    """A registry tag (a string) as a formatted number; left as it is when it is not one ("none")."""
+    if text is None:
+        return MISSING_VALUE
+    try:
+        return format(float(text), spec)
+    except ValueError:
+        return text
+
+
+def calibration_text(tags: dict[str, str]) -> str | None:
+    """What a registered version serves: its temperature, its auto-label threshold and the share of the gate's
+    images it auto-labelled; None for a version registered before calibration (no such tags)."""
+    if "temperature" not in tags:
+        return None
+    threshold = tags.get("autolabel_threshold", "none")
+    if threshold == "none":
+        rule = "no auto-label threshold (target precision not reachable on validation: every prediction is reviewed)"
+    else:
+        rule = (f"auto-labels at calibrated confidence ≥ {_number(threshold, '.4f')} "
+                f"(target precision {_number(tags.get('autolabel_target_precision'), 'g')})")
+    coverage = tags.get("autolabel_coverage", "none")
+    covered = "" if coverage == "none" else f", {_number(coverage, '.3f')} of the gate's test images auto-labelled"
+    return f"temperature {_number(tags['temperature'], '.3f')}, {rule}{covered}"
+
+
+def calibration_cell(tags: dict[str, str]) -> str:
+    """The versions table's short form of :func:`calibration_text`."""
+    if "temperature" not in tags:
+        return MISSING_VALUE
+    threshold = tags.get("autolabel_threshold", "none")
+    rule = "no threshold" if threshold == "none" else f"≥ {_number(threshold, '.4f')}"
+    coverage = tags.get("autolabel_coverage", "none")
+    covered = "" if coverage == "none" else f", coverage {_number(coverage, '.3f')}"
+    return f"T {_number(tags['temperature'], '.3f')}, {rule}{covered}"
+
+
 def chance(record: dict[str, Any]) -> str:
     probability = record.get("probability")
     return f" (p = {probability:.2f})" if isinstance(probability, int | float) else ""
@@ -314,7 +396,21 @@ def compared_figures(figures: dict[str, Any]) -> list[str]:
     if "weakest_class" in figures:
         compared.append(f"weakest class {figures['weakest_class']} {fmt(figures.get('weakest_class_f1'), '.3f')}"
                         f" (floor {fmt(figures.get('class_f1_floor'), 'g')})")
+    if "challenger_coverage" in figures:
+        compared.append(coverage_phrase(figures))
     return compared
+
+
+def coverage_phrase(figures: dict[str, Any]) -> str:
+    """The gate's min-coverage rule: the share the challenger auto-labelled at its own threshold, and the minimum."""
+    threshold = figures.get("challenger_autolabel_threshold")
+    at = ("no threshold (target precision not reachable on validation)" if threshold is None
+          else f"threshold {threshold:.4f}")
+    minimum = figures.get("min_coverage") or 0
+    rule = f"minimum {minimum:g}" if minimum else "no minimum (registry.min_coverage 0)"
+    return (f"auto-label coverage {figures['challenger_coverage']:.3f} at {at} (precision "
+            f"{fmt(figures.get('challenger_autolabel_precision'), '.3f')}, target "
+            f"{fmt(figures.get('challenger_autolabel_target_precision'), 'g')}; {rule})")
 
 
 def version_notes(tags: dict[str, str]) -> str:
@@ -337,7 +433,8 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True,
                              lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     env.filters.update(fmt=fmt, duration=duration, readable_time=readable_time, version_label=version_label,
-                       alias_kind=alias_kind, f1_colour=f1_colour, chance=chance, version_notes=version_notes)
+                       alias_kind=alias_kind, f1_colour=f1_colour, chance=chance, version_notes=version_notes,
+                       calibration_cell=calibration_cell)
     return env
 
 
@@ -346,6 +443,8 @@ def render_html(inputs: ReportInputs, settings: EmbedSettings | None = None) -> 
     settings = settings or EmbedSettings()
     rows = comparison_rows(inputs.models)
     best = best_model(inputs)
+    selected = selected_inputs(inputs, best)
+    champion = champion_record(inputs.registry)
     template = environment().get_template(TEMPLATE)
     return template.render(
         inputs=inputs, registry=inputs.registry, promotion=inputs.promotion, rows=rows, best=best,
@@ -356,7 +455,10 @@ def render_html(inputs: ReportInputs, settings: EmbedSettings | None = None) -> 
         curves_png=learning_curves_png(inputs.models),
         per_class_png=per_class_f1_png(inputs.models, inputs.classes, inputs.class_f1_floor),
         per_class=per_class_rows(inputs), faithfulness_rows=faithfulness_rows, class_figures=class_figures,
-        example=study_example(inputs, best), champion=champion_record(inputs.registry),
+        example=study_example(inputs, best), champion=champion,
+        champion_calibration=calibration_text(champion.tags) if champion else None,
+        autolabel_header=AUTOLABEL_HEADER, autolabel_cells=autolabel_cells, selected=selected,
+        precision_coverage_png=precision_coverage_png(selected),
         compared=compared_figures((inputs.promotion or {}).get("figures") or {}),
         embed=partial(embed_image, settings=settings), dash=MISSING_VALUE, CHAMPION=CHAMPION,
     ) + "\n"
