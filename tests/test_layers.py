@@ -132,3 +132,20 @@ def test_the_check_sees_a_function_level_upward_import(tmp_path: Path) -> None:
                      "    return run_train\n", encoding="utf-8")
     assert upward(probe, ABOVE_LIBRARY) == [f"{probe}:4 imports catalog_classifier.stages.train",
                                             f"{probe}:4 imports catalog_classifier.stages.train.run_train"]
+
+
+FLOWS = sorted((Path(__file__).resolve().parents[1] / "flows").glob("*.py"))
+# Flows orchestrate: they run stages (through DVC and the CLI, or a stage's entry point) and read params and the
+# stages' outputs for their own summaries. They never compute: no model, data, explanation or tuning code.
+FLOWS_MAY_IMPORT = ("catalog_classifier.stages", "catalog_classifier.config", "catalog_classifier.ops",
+                    "catalog_classifier.reporting.run_summary", "catalog_classifier.registry.tracking", "flows")
+
+
+@pytest.mark.parametrize("path", FLOWS, ids=lambda path: path.name)
+def test_flows_only_orchestrate(path: Path) -> None:
+    computing = [f"flows/{path.name}:{line} imports {module}"
+                 for line, module in imports(path.read_text(encoding="utf-8"))
+                 if module.startswith(("catalog_classifier.", "flows."))
+                 and not module.startswith(tuple(f"{prefix}." for prefix in FLOWS_MAY_IMPORT))
+                 and module not in FLOWS_MAY_IMPORT]
+    assert not computing
