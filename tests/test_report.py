@@ -396,3 +396,22 @@ def test_precision_coverage_chart_draws_the_csv(project: Project) -> None:
     model = collect(project, RegistryState("x")).models[0]
     assert [line.get_label() for line in precision_coverage_figure(model).axes[0].get_lines()] == [
         "val", "test", "target precision 0.98"]
+
+
+def test_a_run_missing_from_the_store_is_skipped_and_said(project: Project, caplog: pytest.LogCaptureFixture) -> None:
+    """run.json from another store (a clone's earlier mlruns/) must not crash the report: the page is attached to
+    the runs that exist and the missing one is named."""
+    from catalog_classifier.registry.tracking import setup_mlflow
+    from catalog_classifier.stages.report import log_report
+
+    setup_mlflow(project.params.mlflow, project.root)
+    with mlflow.start_run() as run:
+        real = run.info.run_id
+    write(project.run_record(BARE), {"run_id": real, "experiment_id": "1"})  # FULL's run.json says "abc"
+    page = write_report(project, registry_with_champion())
+    with caplog.at_level("WARNING"):
+        assert log_report(project, page) == [real]
+    assert f"{FULL}'s run abc (run.json) is not in this MLflow store" in caplog.text
+    store = f"sqlite:///{project.root}/mlruns/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=store)
+    assert [item.path for item in client.list_artifacts(real, "report")] == ["report/index.html"]

@@ -72,6 +72,20 @@ def write_report(project: Project, registry: RegistryState | None = None) -> Pat
     return page
 
 
+def run_exists(client: MlflowClient, run_id: str) -> bool:
+    """Whether the store holds ``run_id``; any other failure (server down, bad schema) is raised as it is."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    try:
+        client.get_run(run_id)
+    except MlflowException as err:
+        if err.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return False
+        raise
+    return True
+
+
 def log_report(project: Project, page: Path) -> list[str]:
     """Attach ``page`` to the MLflow run of every model that has one (run.json); returns those run ids."""
     client = _client(project)
@@ -82,6 +96,11 @@ def log_report(project: Project, page: Path) -> list[str]:
             log.warning("report: %s has no run.json: the page is not attached to a run of it", model)
             continue
         run_id = read_json(record)["run_id"]
+        if not run_exists(client, run_id):
+            # Outputs trained against another store (a clone's earlier mlruns/, a cleaned store): say it, go on.
+            log.warning("report: %s's run %s (run.json) is not in this MLflow store: the page is not attached to it",
+                        model, run_id)
+            continue
         client.log_artifact(run_id, str(page), artifact_path=ARTIFACT_PATH)
         run_ids.append(run_id)
     return run_ids
