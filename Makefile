@@ -10,7 +10,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data browser run report test lint ui tune serve bench pipeline-flow prefect-server \
+.PHONY: help install data browser postgres run report test lint ui tune serve bench pipeline-flow prefect-server \
 	retrain-schedule clean-venv
 
 help: ## list the targets
@@ -45,8 +45,14 @@ browser: ## headless Chromium for the browser tests (apt-get install chromium wh
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium; }
 	@chromium --version
 
+# Debian's postgresql package: the team stack (make stack) and the tests run their own clusters with its binaries.
+postgres: ## PostgreSQL server binaries (apt-get install postgresql when missing)
+	@command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { $(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends postgresql; }
+	@ls /usr/lib/postgresql/*/bin/pg_ctl 2>/dev/null || command -v pg_ctl
+
 TEST_WORKERS ?= 2
-test: data browser ## run the test suite (tiny configurations, one pytest worker per core: TEST_WORKERS=2)
+test: data browser postgres ## run the test suite (tiny configurations, one pytest worker per core: TEST_WORKERS=2)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: data ## speed: training/inference vs a naive loop and the matmul peak (BENCH_ARGS=--quick for a smoke run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -151,3 +152,24 @@ LONGEST_FIRST = (
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file is kept
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A real PostgreSQL cluster for this test worker (Debian's binaries, 127.0.0.1, a free port), removed after.
+
+    Tests create their own databases on it (``postgres.create_database(name)`` returns the URL)."""
+    from server_helpers import free_port
+
+    from catalog_classifier.ops.postgres import PostgresCluster
+
+    # Not under pytest's tmp_path: that tree is private to root, and as root the server runs as `postgres`.
+    root = Path(tempfile.mkdtemp(prefix="catalog-pg-"))
+    cluster = PostgresCluster(root, free_port())
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
