@@ -32,13 +32,13 @@ from catalog_classifier.ops.interrupts import (
 )
 from catalog_classifier.ops.io import CorruptFileError
 from catalog_classifier.registry.tracking import TrackingUnavailable
-from catalog_classifier.registry.versions import RegistryError, RegistryLockTimeout
+from catalog_classifier.registry.versions import RegistryError, RegistryLockTimeout, RegistryLockUnavailable
 
 # Permanent: the same command fails the same way until its input changes (exit 2, never retried by the flow).
 EXPECTED_ERRORS = (ParamsError, CatalogueError, ImageLoadError, FileNotFoundError, RegistryError, CorruptFileError,
                    ModelError, InputError)
 # Transient: something outside the command is briefly unavailable (exit 75: the flow retries the stage).
-TRANSIENT_ERRORS = (TrackingUnavailable, RegistryLockTimeout)
+TRANSIENT_ERRORS = (TrackingUnavailable, RegistryLockTimeout, RegistryLockUnavailable)
 EXIT_USAGE = EXIT_REJECTED_INPUT
 
 

@@ -11,12 +11,15 @@ import re
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = "params.yaml"
+# The shared registry lock's PostgreSQL URL, password included, comes from here; it wins over registry.lock_url.
+REGISTRY_LOCK_URL_ENV = "CATALOG_REGISTRY_LOCK_URL"
 
 
 class ParamsError(ValueError):
@@ -386,8 +389,26 @@ class RegistryParams(_Strict):
     class_f1_floor: float = Field(ge=0, le=1)
     out_json: Path
     lock_timeout_s: float = Field(gt=0)
+    # The PostgreSQL database whose advisory lock serialises promoters of a shared registry (registry/locking.py);
+    # null: CATALOG_REGISTRY_LOCK_URL, else the file lock of the embedded sqlite store.
+    lock_url: str | None = None
     # Share of the gate's test images the challenger must auto-label at autolabel.target_precision (0: no rule).
     min_coverage: float = Field(ge=0, le=1)
+
+    @field_validator("lock_url")
+    @classmethod
+    def _lock_url_without_secret(cls, url: str | None) -> str | None:
+        if not url:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
+            raise ValueError(f"{parts.scheme or 'no scheme'}: the registry lock is a PostgreSQL advisory lock, "
+                             "give a postgresql://USER@HOST:PORT/DB URL")
+        if parts.password is not None:
+            # params.yaml is committed: a password there is a leaked secret.
+            raise ValueError(f"no password in params.yaml: leave it out (libpq reads PGPASSWORD or ~/.pgpass) or "
+                             f"put the whole URL in {REGISTRY_LOCK_URL_ENV}")
+        return url
 
     @field_validator("model_name")
     @classmethod

@@ -31,6 +31,7 @@ from catalog_classifier.modeling.prediction import (
     write_classifier_dir,
 )
 from catalog_classifier.registry.gate import Decision, autolabel_figures, decide, shared_test_images
+from catalog_classifier.registry.locking import choose_lock
 from catalog_classifier.registry.served import TRAIN_MANIFEST, load_served_model, log_served_model
 from catalog_classifier.registry.tracking import data_version, git_commit, setup_mlflow
 from catalog_classifier.registry.versions import (
@@ -38,7 +39,6 @@ from catalog_classifier.registry.versions import (
     now,
     record_decision,
     register_challenger,
-    registry_lock,
     rollback,
     version_tags,
 )
@@ -136,7 +136,6 @@ def promote(project: Project, model_name: str, run_id: str, *, dry_run: bool = F
     params = project.params
     name = params.registry.model_name
     setup_mlflow(params.mlflow, project.root)
-    tracking_uri = mlflow.get_tracking_uri()
     client = mlflow.MlflowClient()
     context = {"data_version": data_version(project.root), "git_commit": git_commit(project.root),
                "source_model": model_name, "source_run_id": run_id}
@@ -147,14 +146,19 @@ def promote(project: Project, model_name: str, run_id: str, *, dry_run: bool = F
             champion = champion_version(client, name)
             decision, excluded = judge(project, challenger, model_name, champion)
             return _report(name, None, champion, decision, excluded, context, dry_run=True)
+        # The lock is chosen and its database reached before anything is logged: a registry no lock can guard, or
+        # a lock database that is down, fails the command with nothing written.
+        lock = choose_lock(mlflow.get_registry_uri(), project.root, params.registry, "promote")
+        lock.check()
         example = project.path(params.data.images_dir) / read_manifest(project, "test")["image"].iloc[0]
         with mlflow.start_run(run_id=run_id):
             served = log_served_model(classifier_dir, example)
-        with registry_lock(tracking_uri, project.root, params.registry.lock_timeout_s):
+        with lock.held():
             # Read the champion only once the lock is held: a concurrent promote may just have moved it.
             champion = champion_version(client, name)
             decision, excluded = judge(project, challenger, model_name, champion)
-            version = register_challenger(client, name, served.model_uri, run_id, context).version
+            version = register_challenger(client, name, served.model_uri, run_id, context,
+                                          model_id=served.model_id).version
             tags = version_tags(decision.to_dict(), {**context, "decided_at": now(),
                                                      **calibration_tags(challenger.calibration, decision.figures)})
             record_decision(client, name, str(version), decision.promote, tags)
@@ -167,7 +171,7 @@ def roll_back(project: Project) -> tuple[str, str]:
 
     params = project.params
     setup_mlflow(params.mlflow, project.root)
-    with registry_lock(mlflow.get_tracking_uri(), project.root, params.registry.lock_timeout_s):
+    with choose_lock(mlflow.get_registry_uri(), project.root, params.registry, "rollback").held():
         return rollback(mlflow.MlflowClient(), params.registry.model_name)
 
 

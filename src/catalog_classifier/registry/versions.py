@@ -4,22 +4,18 @@ Registry stages are deprecated in MLflow; aliases are the pointer a server or ``
 (``models:/<name>@champion``). The order in which champions held the alias is kept in a registered-model tag
 (``champion_history``, oldest first), so ``rollback`` knows where to go back and the history survives it.
 
-Every read-decide-write sequence runs under one file lock derived from the tracking URI (next to the sqlite
-database): two ``promote`` commands started together are serialised, each decides against the champion that
-is current once it holds the lock, and the registry ends with exactly one champion and a consistent history.
-A file lock covers processes on one machine; against a remote tracking server it only covers this machine.
+Every read-decide-write sequence runs under the registry lock (:mod:`catalog_classifier.registry.locking`:
+a file lock beside the sqlite database, or a PostgreSQL advisory lock every clone shares): two ``promote``
+commands started together are serialised, each decides against the champion that is current once it holds the
+lock, and the registry ends with exactly one champion and a consistent history.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 if TYPE_CHECKING:  # mlflow is imported by the functions that use it: the CLI imports this module at start
     from mlflow import MlflowClient
@@ -42,33 +38,12 @@ class RegistryLockTimeout(RegistryError):
     """Another promote or rollback holds the registry lock: transient, the same command can succeed later."""
 
 
+class RegistryLockUnavailable(RegistryError):
+    """The registry lock's database cannot be reached: transient, like an unreachable tracking server."""
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def lock_path(tracking_uri: str, project_root: Path) -> Path:
-    """The lock file beside the sqlite database, or in the project's mlruns/ for any other store."""
-    if tracking_uri.startswith("sqlite:///"):
-        database = Path(urlparse(tracking_uri).path)
-        return database.with_name(database.name + ".registry.lock")
-    return project_root / "mlruns" / "registry.lock"
-
-
-@contextmanager
-def registry_lock(tracking_uri: str, project_root: Path, timeout_s: float) -> Iterator[None]:
-    from filelock import FileLock, Timeout
-
-    path = lock_path(tracking_uri, project_root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path), timeout=timeout_s)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise RegistryLockTimeout(f"another promote or rollback has held {path} for over {timeout_s:g}s") from None
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _missing(err: MlflowException) -> bool:
@@ -117,11 +92,14 @@ def ensure_registered_model(client: MlflowClient, name: str, description: str) -
 
 
 def register_challenger(client: MlflowClient, name: str, model_uri: str, run_id: str,
-                        tags: dict[str, str]) -> ModelVersion:
-    """A new version of the registered model, given the ``challenger`` alias (moved from the previous one)."""
+                        tags: dict[str, str], model_id: str | None = None) -> ModelVersion:
+    """A new version of the registered model, given the ``challenger`` alias (moved from the previous one).
+
+    ``model_id`` is the logged model behind a ``models:/m-…`` source: an MLflow server refuses such a source
+    without it (the local sqlite store does not check)."""
     ensure_registered_model(client, name, "Product-photo classifier; alias champion serves, challenger is the "
                                           "latest candidate. Versions carry the gate's decision in tags.")
-    version = client.create_model_version(name=name, source=model_uri, run_id=run_id, tags=tags)
+    version = client.create_model_version(name=name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     return version
 
