@@ -174,9 +174,10 @@ class FileRegistryLock:
 class PostgresAdvisoryLock:
     """A session-level advisory lock on ``advisory_key(model_name)`` in one PostgreSQL database.
 
-    The wait is PostgreSQL's own (``pg_advisory_lock`` under ``lock_timeout``): waiters are queued in order and the
-    timeout is exact, with no polling. The lock belongs to the connection, so it is released when this process
-    ends or its connection drops, whatever happened to the process."""
+    A free lock is taken at once (``pg_try_advisory_lock``); a held one is logged with its holder, then waited for
+    by PostgreSQL itself (``pg_advisory_lock`` under ``lock_timeout``): waiters queue in order and the timeout is
+    exact, with no polling. The lock belongs to the connection, so it is released when this process ends or its
+    connection drops, whatever happened to the process."""
 
     url: str = field(repr=False)  # may hold the password: never printed
     model_name: str
