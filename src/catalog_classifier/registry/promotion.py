@@ -32,7 +32,7 @@ from catalog_classifier.modeling.prediction import (
 )
 from catalog_classifier.registry.gate import Decision, autolabel_figures, decide, shared_test_images
 from catalog_classifier.registry.served import TRAIN_MANIFEST, load_served_model, log_served_model
-from catalog_classifier.registry.tracking import data_version, git_commit, setup_mlflow
+from catalog_classifier.registry.tracking import data_version, git_tags, setup_mlflow
 from catalog_classifier.registry.versions import (
     champion_version,
     now,
@@ -138,7 +138,7 @@ def promote(project: Project, model_name: str, run_id: str, *, dry_run: bool = F
     setup_mlflow(params.mlflow, project.root)
     tracking_uri = mlflow.get_tracking_uri()
     client = mlflow.MlflowClient()
-    context = {"data_version": data_version(project.root), "git_commit": git_commit(project.root),
+    context = {"data_version": data_version(project.root), **git_tags(project.root),
                "source_model": model_name, "source_run_id": run_id}
     with tempfile.TemporaryDirectory(prefix="catalog-promote-") as tmp:
         classifier_dir = _challenger_dir(project, model_name, run_id, Path(tmp))
