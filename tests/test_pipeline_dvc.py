@@ -51,6 +51,32 @@ def test_repro_again_has_nothing_to_do(reproduced: Path) -> None:
     assert "f1_macro" in metrics
 
 
+def test_dvc_exp_show_answers_which_settings_gave_what(reproduced: Path) -> None:
+    """One metrics file (per model val/test macro-F1 and fit time, the model selected) and the models and training
+    params first among the params: no per-class figure before them, none at all."""
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], reproduced).stdout)
+    workspace = next(row for row in shown if row["rev"] == "workspace")["data"]
+    summary = json.loads((reproduced / "artifacts/summary_metrics.json").read_text())
+    assert workspace["metrics"] == {"artifacts/summary_metrics.json": {"data": summary}}
+    assert set(summary) == {"selected", *TINY_MODELS}
+    comparison = {row["model"]: row for row in json.loads((reproduced / "artifacts/comparison.json").read_text())[
+        "models"]}
+    for model in TINY_MODELS:
+        assert summary[model] == {"val_f1_macro": round(comparison[model]["val_f1_macro"], 4),
+                                  "test_f1_macro": comparison[model]["test_f1_macro"],
+                                  "fit_time_s": comparison[model]["fit_time_s"]}
+    columns = run(["dvc", "exp", "show", "--csv"], reproduced).stdout.splitlines()[0].split(",")
+    metrics = {"selected", *(f"{model}.{key}" for model in TINY_MODELS
+                             for key in ("val_f1_macro", "test_f1_macro", "fit_time_s"))}
+    first = min(columns.index(column) for column in metrics)  # the file's (sorted) key order
+    assert set(columns[first:first + len(metrics)]) == metrics
+    params = columns[first + len(metrics):]
+    assert params[0] == "models" and params[1].startswith("train.")
+    assert {"train.lr", "train.weights", "train.pretrained.lr", "train.max_epochs"} <= set(params)
+    assert not [column for column in columns if "per_class" in column or "class_counts" in column
+                or "challenger_class_f1" in column or "deletion" in column]
+
+
 def test_mlflow_has_one_run_per_model_with_params_metrics_tags(reproduced: Path) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{reproduced}/mlruns/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["catalog-classifier"], output_format="list")

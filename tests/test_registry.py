@@ -29,7 +29,9 @@ from registry_helpers import (
 )
 from sklearn.metrics import f1_score
 
+from catalog_classifier.registry.descriptions import version_description
 from catalog_classifier.registry.gate import autolabel_figures, decide, score, shared_test_images
+from catalog_classifier.registry.selection import weights_label
 
 CLASSES = ["a", "b", "c"]
 TRUTH = ["a", "a", "b", "b", "c", "c"]
@@ -117,6 +119,38 @@ def test_a_challenger_auto_labelling_too_little_is_rejected_naming_both_figures(
     first = decide(TRUTH, GOOD, None, CLASSES, min_delta=0.0, class_f1_floor=0.7, coverage=0.0, min_coverage=0.5)
     assert first.reason == ("first model: class F1 below the floor 0.7: c 0.667; "
                             "auto-label coverage 0.000 below the minimum 0.5")
+
+
+def test_a_version_description_says_model_figures_decision_and_report() -> None:
+    tags = {"source_model": "m1", "weights": "ImageNet (package w==0.1.0)", "source_run_id": "abcdef0123456789",
+            "val_f1_macro": "0.880952", "test_f1_macro": "0.919048", "challenger_f1_macro": "0.9",
+            "n_images": "170", "weakest_class": "Baby Care", "weakest_class_f1": "0.851064", "class_f1_floor": "0.5",
+            "challenger_coverage": "0.737143", "autolabel_threshold": "0.892", "challenger_autolabel_precision":
+            "0.96124", "autolabel_target_precision": "0.98", "min_coverage": "0.5", "compared_with": "2",
+            "champion_f1_macro": "0.85", "delta": "0.05", "min_delta": "0.01", "decision": "promoted",
+            "reason": "macro-F1 0.9000 vs champion 0.8500: beats it", "git_commit": "0123456789abcdef-dirty",
+            "git_dirty_files": "params.yaml", "data_version": "799d9136aaaa", "decided_at": "2025-01-02T03:04:05+00:00",
+            "rolled_back_at": "2025-02-01T00:00:00+00:00", "rolled_back_to": "2"}
+    text = version_description("reg", "3", tags, experiment_id="7")
+    assert text.startswith("**m1** (ImageNet (package w==0.1.0)), version 3 of reg.")
+    assert "**Gate: promoted** (became champion). Why: macro-F1 0.9000 vs champion 0.8500: beats it" in text
+    assert "| validation (chose this model among the pipeline's) | 0.8810 |" in text
+    assert "| test split (evaluate stage) | 0.9190 |" in text
+    assert "| gate: 170 test images champion v2 never trained on | 0.9000 |" in text
+    assert "- Weakest class: **Baby Care**, F1 0.851 (floor 0.5)" in text
+    assert ("- Auto-label coverage: **0.737** (at threshold 0.8920, precision 0.961 (target 0.98), minimum 0.5)"
+            in text)
+    assert "- Against champion v2: its macro-F1 0.8500, delta +0.0500 (needed >= 0.01)" in text
+    assert "- 2025-02-01T00:00:00+00:00: rolled back: champion returned to v2" in text
+    assert ("[report/index.html of run abcdef012345](#/experiments/7/runs/abcdef0123456789/artifactPath/"
+            "report/index.html) (`runs:/abcdef0123456789/report/index.html`" in text)
+    assert "Model: `models:/reg/3`." in text
+    assert ("Provenance: git 0123456789ab-dirty; changed files params.yaml; data 799d9136aaaa; "
+            "decided 2025-01-02T03:04:05+00:00.") in text
+    # A version registered before these tags existed: what it carries, nothing invented.
+    bare = version_description("reg", "1", {"decision": "promoted", "reason": "setup"})
+    assert bare == "**unknown model**, version 1 of reg.\n\n**Gate: promoted** (became champion). Why: setup\n\n" \
+                   "Model: `models:/reg/1`.\n"
 
 
 def _test_manifest() -> pd.DataFrame:
@@ -210,6 +244,28 @@ def test_the_pipeline_promote_stage_registered_and_judged_the_best_model(project
     expected = {"challenger": "1", **({"champion": "1"} if report["promote"] else {})}
     assert aliases(project, "catalog-classifier") == expected
 
+    # The description a reviewer reads in the registry UI, with the computed figures.
+    evaluated = json.loads((project / f"artifacts/eval/{best}/metrics.json").read_text())
+    weights = weights_label(json.loads((project / f"artifacts/models/{best}/train_metrics.json").read_text()))
+    figures = report["figures"]
+    assert tags["val_f1_macro"] == str(round(evaluated["val"]["f1_macro"], 6)) and tags["weights"] == weights
+    assert report["test_f1_macro"] == round(evaluated["test"]["f1_macro"], 6)
+    version = client(project).get_model_version("catalog-classifier", "1")
+    text = version.description
+    assert text.startswith(f"**{best}** ({weights}), version 1 of catalog-classifier.")
+    assert f"**Gate: {report['decision']}**" in text and f"Why: {report['reason']}" in text
+    assert f"| validation (chose this model among the pipeline's) | {evaluated['val']['f1_macro']:.4f} |" in text
+    assert f"| test split (evaluate stage) | {evaluated['test']['f1_macro']:.4f} |" in text
+    assert f"| gate: {figures['n_images']} test images | {figures['challenger_f1_macro']:.4f} |" in text
+    assert f"Weakest class: **{figures['weakest_class']}**, F1 {figures['weakest_class_f1']:.3f} (floor 0.5)" in text
+    assert f"Auto-label coverage: **{figures['challenger_coverage']:.3f}**" in text
+    run_id = report["source_run_id"]
+    experiment = client(project).get_run(run_id).info.experiment_id
+    assert f"(#/experiments/{experiment}/runs/{run_id}/artifactPath/report/index.html)" in text
+    assert "Model: `models:/catalog-classifier/1`." in text
+    # The link points at a real artifact: the report stage attached the page to the run after promote.
+    assert "report/index.html" in {item.path for item in client(project).list_artifacts(run_id, "report")}
+
 
 @pytest.mark.slow
 def test_min_coverage_rejects_a_challenger_that_auto_labels_too_little(
@@ -279,6 +335,13 @@ def test_aliases_move_by_the_rule_and_rollback_restores_the_previous_champion(
     assert aliases(project, name) == {"champion": "1", "challenger": "3"}
     assert history(project, name) == ["1"]
     assert version_tags(project, name, "2")["rolled_back_to"] == "1"
+    # Both descriptions now tell the rollback; v2's still has its own decision and figures.
+    described = {version: client(project).get_model_version(name, version).description for version in ("1", "2")}
+    assert "rolled back: champion returned to v1" in described["2"]
+    assert (f"- Against champion v1: its macro-F1 {second['figures']['champion_f1_macro']:.4f}, delta "
+            f"{second['figures']['delta']:+.4f}") in described["2"]
+    assert "champion again (restored by a rollback)" in described["1"]
+    assert "No champion yet" in described["1"] and "**Gate: promoted**" in described["1"]
 
     assert cli(["rollback", *cli_args(project, name)]) == 2  # v1 was the first champion
     assert "no previous champion" in capsys.readouterr().err

@@ -61,6 +61,11 @@ def test_compare_stage_selects_on_validation_not_test(tmp_path: Path) -> None:
     markdown = project.path(project.params.compare.out_md).read_text(encoding="utf-8")
     assert f"Selected for promotion: **{val_leader}**" in markdown
     assert markdown.count("| random init (ImageNet unavailable offline) |") == 2  # the weights of every row
+    # The one DVC metrics file: per model the figures dvc exp show puts beside the params, nothing per class.
+    assert json.loads(project.summary_metrics().read_text(encoding="utf-8")) == {
+        "selected": val_leader,
+        test_leader: {"val_f1_macro": 0.7, "test_f1_macro": 0.9, "fit_time_s": 1.0},
+        val_leader: {"val_f1_macro": 0.75, "test_f1_macro": 0.8, "fit_time_s": 1.0}}
 
 
 @pytest.mark.parametrize(("trained", "label"), [

@@ -104,6 +104,9 @@ class Project:
     def comparison(self) -> Path:
         return self.path(self.params.compare.out_json)
 
+    def summary_metrics(self) -> Path:
+        return self.path(self.params.compare.out_summary)
+
     def promotion_report(self) -> Path:
         return self.path(self.params.registry.out_json)
 

@@ -187,6 +187,7 @@ class AutolabelParams(_Strict):
 class CompareParams(_Strict):
     out_json: Path
     out_md: Path
+    out_summary: Path  # the pipeline's one DVC metrics file: what `dvc exp show` puts beside the params
 
 
 class ShapParams(_Strict):

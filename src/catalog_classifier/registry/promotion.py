@@ -6,6 +6,9 @@ the champion's training images. The rule itself is :func:`catalog_classifier.reg
 writes are in :mod:`catalog_classifier.registry.versions`. ``dry_run`` scores and decides but logs, registers and
 writes nothing.
 
+Each version also gets a markdown description (:mod:`catalog_classifier.registry.descriptions`), rendered from
+its tags, so a reviewer reads the decision and its figures in the registry UI; a rollback renders it again.
+
 The registered model carries its calibration (the evaluate stage's ``autolabel.json``: temperature and auto-label
 threshold), so whoever serves it gets calibrated confidences and review flags; the version's tags say which, and
 how much of the gate's images the challenger auto-labelled at that threshold.
@@ -30,10 +33,13 @@ from catalog_classifier.modeling.prediction import (
     pipeline_inference_settings,
     write_classifier_dir,
 )
+from catalog_classifier.ops.io import read_json
+from catalog_classifier.registry.descriptions import refresh_description
 from catalog_classifier.registry.gate import Decision, autolabel_figures, decide, shared_test_images
 from catalog_classifier.registry.locking import choose_lock
+from catalog_classifier.registry.selection import weights_label
 from catalog_classifier.registry.served import TRAIN_MANIFEST, load_served_model, log_served_model
-from catalog_classifier.registry.tracking import data_version, git_commit, setup_mlflow
+from catalog_classifier.registry.tracking import data_version, git_tags, setup_mlflow
 from catalog_classifier.registry.versions import (
     champion_version,
     now,
@@ -90,6 +96,21 @@ def calibration_tags(calibration: Calibration, figures: dict[str, Any]) -> dict[
             "autolabel_coverage": text(figures.get("challenger_coverage"))}
 
 
+def model_facts(project: Project, model_name: str) -> dict[str, Any]:
+    """The model's own figures beside the gate's: validation and test macro-F1 from the evaluate stage (the whole
+    splits) and what initialised it; a file missing (promote run outside the pipeline) leaves its keys out."""
+    facts: dict[str, Any] = {}
+    evaluated = project.eval_metrics(model_name)
+    if evaluated.is_file():
+        metrics = read_json(evaluated)
+        facts.update(val_f1_macro=round(metrics["val"]["f1_macro"], 6),
+                     test_f1_macro=round(metrics["test"]["f1_macro"], 6))
+    trained = project.train_metrics(model_name)
+    if trained.is_file():
+        facts["weights"] = weights_label(read_json(trained))
+    return facts
+
+
 def judge(project: Project, challenger: ImageClassifier, model_name: str, champion: str | None) -> tuple[
         Decision, list[str]]:
     """Score challenger and champion (registered version ``champion``) on the shared images and decide."""
@@ -137,15 +158,16 @@ def promote(project: Project, model_name: str, run_id: str, *, dry_run: bool = F
     name = params.registry.model_name
     setup_mlflow(params.mlflow, project.root)
     client = mlflow.MlflowClient()
-    context = {"data_version": data_version(project.root), "git_commit": git_commit(project.root),
+    context = {"data_version": data_version(project.root), **git_tags(project.root),
                "source_model": model_name, "source_run_id": run_id}
+    facts = model_facts(project, model_name)
     with tempfile.TemporaryDirectory(prefix="catalog-promote-") as tmp:
         classifier_dir = _challenger_dir(project, model_name, run_id, Path(tmp))
         challenger = ImageClassifier.from_dir(classifier_dir)
         if dry_run:
             champion = champion_version(client, name)
             decision, excluded = judge(project, challenger, model_name, champion)
-            return _report(name, None, champion, decision, excluded, context, dry_run=True)
+            return _report(name, None, champion, decision, excluded, {**context, **facts}, dry_run=True)
         # The lock is chosen and its database reached before anything is logged: a registry no lock can guard, or
         # a lock database that is down, fails the command with nothing written.
         lock = choose_lock(mlflow.get_registry_uri(), project.root, params.registry, "promote")
@@ -160,19 +182,26 @@ def promote(project: Project, model_name: str, run_id: str, *, dry_run: bool = F
             version = register_challenger(client, name, served.model_uri, run_id, context,
                                           model_id=served.model_id).version
             tags = version_tags(decision.to_dict(), {**context, "decided_at": now(),
+                                                     **{key: str(value) for key, value in facts.items()},
                                                      **calibration_tags(challenger.calibration, decision.figures)})
             record_decision(client, name, str(version), decision.promote, tags)
-    return _report(name, str(version), champion, decision, excluded, context, dry_run=False)
+            refresh_description(client, name, str(version))
+    return _report(name, str(version), champion, decision, excluded, {**context, **facts}, dry_run=False)
 
 
 def roll_back(project: Project) -> tuple[str, str]:
-    """Give ``champion`` back to the previous champion, under the same lock as promote."""
+    """Give ``champion`` back to the previous champion, under the same lock as promote; both versions'
+    descriptions are rendered again with the rollback in them."""
     import mlflow
 
     params = project.params
     setup_mlflow(params.mlflow, project.root)
     with choose_lock(mlflow.get_registry_uri(), project.root, params.registry, "rollback").held():
-        return rollback(mlflow.MlflowClient(), params.registry.model_name)
+        client = mlflow.MlflowClient()
+        demoted, restored = rollback(client, params.registry.model_name)
+        for version in (demoted, restored):
+            refresh_description(client, params.registry.model_name, version)
+        return demoted, restored
 
 
 def _report(name: str, version: str | None, champion: str | None, decision: Decision, excluded: list[str],

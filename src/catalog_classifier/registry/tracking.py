@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import yaml
 
 from catalog_classifier.config.params import MlflowParams
+from catalog_classifier.ops.gitstate import dirty_files_text, git_state
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +80,18 @@ def setup_mlflow(mlflow_params: MlflowParams, project_root: Path) -> str:
 
 
 def git_commit(project_root: Path) -> str:
-    """HEAD commit, suffixed ``-dirty`` when tracked files differ from it; ``unknown`` outside git."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=project_root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=project_root, capture_output=True, text=True, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{head}-dirty" if dirty else head
+    """HEAD commit, suffixed ``-dirty`` when code or params differ from it (DVC's outputs and ``dvc.lock`` do not
+    count: :mod:`catalog_classifier.ops.gitstate`); ``unknown`` outside git."""
+    return git_state(project_root).tag
+
+
+def git_tags(project_root: Path) -> dict[str, str]:
+    """``git_commit``, and ``git_dirty_files`` (the files that make it dirty, truncated) when it is dirty."""
+    state = git_state(project_root)
+    tags = {"git_commit": state.tag}
+    if state.dirty:
+        tags["git_dirty_files"] = dirty_files_text(state.dirty_files)
+    return tags
 
 
 def data_version(project_root: Path) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from catalog_classifier.config.layout import Project
 from catalog_classifier.modeling.bench_suite import run_suite
 from catalog_classifier.ops.io import write_json, write_text
-from catalog_classifier.registry.tracking import data_version, flatten, git_commit, metric_key, setup_mlflow
+from catalog_classifier.registry.tracking import data_version, flatten, git_tags, metric_key, setup_mlflow
 from catalog_classifier.reporting.bench_page import markdown_tables
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,15 @@ def run_bench(project: Project, quick: bool = False) -> dict[str, Any]:
 
     params, bench = project.params, project.params.bench
     experiment_id = setup_mlflow(params.mlflow, project.root)  # fail fast before minutes of measuring
+    # Before bench.json is rewritten: a committed bench.json is no DVC output, so rewriting it would dirty the tree.
+    provenance = {**git_tags(project.root), "data_version": data_version(project.root)}
     report = run_suite(project, quick)
     out_dir = project.path(bench.out_dir) / ("quick" if quick else "")
     table = markdown_tables(report)
     write_json(out_dir / "bench.json", report)
     write_text(out_dir / "bench.md", table)
-    tags = {"stage": "bench", "bench_mode": "quick" if quick else "full", "git_commit": git_commit(project.root),
-            "data_version": data_version(project.root), "cpu": report["machine"]["cpu"],
+    tags = {"stage": "bench", "bench_mode": "quick" if quick else "full", **provenance,
+            "cpu": report["machine"]["cpu"],
             "threads": str(report["machine"]["threads"]), "bf16": str(report["machine"]["bf16"])}
     with mlflow.start_run(experiment_id=experiment_id, run_name="bench", tags=tags) as run:
         mlflow.log_params({**flatten("bench", bench.model_dump(mode="json")), "quick": quick,

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from catalog_classifier.config.layout import Project
+from catalog_classifier.ops.gitstate import git_state
 from catalog_classifier.ops.io import read_json, write_text
-from catalog_classifier.registry.tracking import check_server, data_version, git_commit, resolve_tracking_uri
+from catalog_classifier.registry.tracking import check_server, data_version, resolve_tracking_uri
 from catalog_classifier.reporting.charts import EmbedSettings
 from catalog_classifier.reporting.collector import RegistryState, collect, read_registry
 from catalog_classifier.reporting.page import render_html
@@ -64,7 +65,7 @@ def embed_settings(project: Project) -> EmbedSettings:
 def write_report(project: Project, registry: RegistryState | None = None) -> Path:
     """Render the page from the project's outputs and write it atomically; returns its path."""
     registry = registry if registry is not None else registry_state(project)
-    context = {"git commit": git_commit(project.root)[:12], "data version": data_version(project.root)}
+    context = {"git commit": git_state(project.root).short, "data version": data_version(project.root)}
     inputs = collect(project, registry, datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), context)
     page = project.report_page()
     write_text(page, render_html(inputs, embed_settings(project)))

@@ -20,14 +20,14 @@ from catalog_classifier.modeling.models import save_classifier
 from catalog_classifier.modeling.training import history_columns
 from catalog_classifier.ops.io import read_json, write_csv, write_json
 from catalog_classifier.ops.runtime import runtime_facts
-from catalog_classifier.registry.tracking import data_version, flatten, git_commit, setup_mlflow
+from catalog_classifier.registry.tracking import data_version, flatten, git_tags, setup_mlflow
 
 log = logging.getLogger(__name__)
 
 
 def _run_tags(project: Project, job: TrainingJob) -> dict[str, str]:
     runtime = job.runtime
-    return {"model": job.model_name, "git_commit": git_commit(project.root), "data_version": data_version(project.root),
+    return {"model": job.model_name, **git_tags(project.root), "data_version": data_version(project.root),
             **{key: str(value) for key, value in job.weights.record().items()},
             "recipe": recipe_name(job.weights.used), "threads": str(runtime.threads), "bf16": str(runtime.bf16),
             "channels_last": str(runtime.channels_last), "stage": "train", **runtime_facts()}

@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 
 from catalog_classifier.config.layout import Project
-from catalog_classifier.registry.tracking import data_version, flatten, git_commit
+from catalog_classifier.registry.tracking import data_version, flatten, git_tags
 from catalog_classifier.tuning.study import RUN_ATTR, stale_run_ids
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def parent_run(project: Project, study: optuna.Study, experiment_id: str, family
         tune_params = project.params.tune
         run = mlflow.start_run(experiment_id=experiment_id, run_name=study.study_name, tags={
             "optuna.study_name": study.study_name, "optuna.storage": str(project.tune_storage()),
-            "family": family, "stage": "tune", "git_commit": git_commit(project.root),
+            "family": family, "stage": "tune", **git_tags(project.root),
             "data_version": data_version(project.root)})
         run_id = run.info.run_id
         study.set_user_attr(PARENT_ATTR, run_id)
