@@ -33,12 +33,13 @@ from catalog_classifier.ops.interrupts import (
 from catalog_classifier.ops.io import CorruptFileError
 from catalog_classifier.registry.tracking import TrackingUnavailable
 from catalog_classifier.registry.versions import RegistryError, RegistryLockTimeout
+from catalog_classifier.tuning.storage import StorageUnavailable
 
 # Permanent: the same command fails the same way until its input changes (exit 2, never retried by the flow).
 EXPECTED_ERRORS = (ParamsError, CatalogueError, ImageLoadError, FileNotFoundError, RegistryError, CorruptFileError,
                    ModelError, InputError)
 # Transient: something outside the command is briefly unavailable (exit 75: the flow retries the stage).
-TRANSIENT_ERRORS = (TrackingUnavailable, RegistryLockTimeout)
+TRANSIENT_ERRORS = (TrackingUnavailable, RegistryLockTimeout, StorageUnavailable)
 EXIT_USAGE = EXIT_REJECTED_INPUT
 
 
@@ -117,11 +118,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from catalog_classifier.stages.tune import run_tune
+    from catalog_classifier.stages.tune import run_tune, run_tune_workers
 
     project = _project(args)
     for family in args.family or list(project.params.tune.families):
-        run_tune(project, family, n_trials=args.n_trials, timeout_s=args.timeout)
+        if args.workers == 1:
+            run_tune(project, family, n_trials=args.n_trials, timeout_s=args.timeout, publish=not args.no_publish)
+            continue
+        # Every worker loads the same params: the file by absolute path, the same overrides, the same verbosity.
+        worker_args = ["--params", str(Path(args.params).resolve()), *(f"--set={item}" for item in args.set or [])]
+        worker_args += ["-v"] if args.verbose else []
+        _, codes = run_tune_workers(project, family, args.workers, args.n_trials, args.timeout, worker_args)
+        failed = [code if code > 0 else 128 - code for code in codes if code]
+        if failed:
+            print(f"catalog-classifier tune: {len(failed)} of {args.workers} workers on family {family} failed "
+                  f"(exit status {', '.join(map(str, failed))}); the study keeps what they finished", file=sys.stderr)
+            return failed[0]
     return 0
 
 
@@ -282,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="finished trials the study should hold (default: tune.n_trials)")
     tune.add_argument("--timeout", type=_positive(float), metavar="SECONDS",
                       help="start no trial after this many seconds (default: tune.timeout_s)")
+    tune.add_argument("--workers", type=_positive(int), default=1,
+                      help="local worker processes sharing each study (default: %(default)s); to add workers on "
+                           "other machines, run `catalog-classifier tune` there against the same tune.storage")
+    # A worker started by --workers: its launcher writes the study's results once, after every worker is done.
+    tune.add_argument("--no-publish", action="store_true", help=argparse.SUPPRESS)
     add("tune-overrides", cmd_tune_overrides,
         "print a family's best tuned params as `dvc exp run` flags (pipe into: xargs dvc exp run)").add_argument(
         "--family", required=True, help="family of tune.families")

@@ -12,11 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shlex
+import socket
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +42,7 @@ from catalog_classifier.modeling.frozen import fit_model
 from catalog_classifier.modeling.models import create_classifier
 from catalog_classifier.modeling.training import FitResult, settings_from
 from catalog_classifier.ops.runtime import Runtime, seed_everything
+from catalog_classifier.tuning.storage import StorageLock, engine_kwargs, prepare_storage, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,9 @@ SPACE_KEYS = ("lr", "weight_decay", "batch_size", "label_smoothing", "augment", 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts toward n_trials
 SETUP_ATTR = "setup"  # study user attribute: what a resumed run must match
 RUN_ATTR = "mlflow_run_id"  # trial user attribute: the trial's nested MLflow run
+START_ATTR = "start_point"  # trial user attribute: the configured start point it runs (baseline, enqueue[i])
+WORKER_ATTR = "worker"  # trial user attribute: index of the worker that ran it
+WORKER_PREFIX = "worker."  # study user attributes worker.000, worker.001...: every worker ever registered
 # train.* keys that change what a trial measures (runtime and output paths do not).
 SETUP_TRAIN_KEYS = ("seed", "weights", "weights_files", "allow_random_fallback", "image_size", "patience",
                     "optimizer")
@@ -60,16 +68,6 @@ def family_models(tune_params: TuneParams, family: str) -> list[str]:
     if family not in tune_params.families:
         raise ParamsError(f"tune.families: unknown family {family!r}; known: {', '.join(tune_params.families)}")
     return list(tune_params.families[family])
-
-
-def storage_url(storage: Path, mlflow_tracking_uri: str) -> str:
-    """sqlite URL of Optuna's database, refused when it is MLflow's: each tool migrates its own schema."""
-    storage = storage.resolve()
-    prefix = "sqlite:///"
-    if mlflow_tracking_uri.startswith(prefix) and Path(mlflow_tracking_uri[len(prefix):]).resolve() == storage:
-        raise ParamsError(f"tune.storage: {storage} is MLflow's tracking database; give Optuna its own file")
-    storage.parent.mkdir(parents=True, exist_ok=True)
-    return f"{prefix}{storage}"
 
 
 # --- search space ---------------------------------------------------------------------------------------------
@@ -125,22 +123,25 @@ def _outside(space: TuneSpace, models: list[str], key: str, value: Any) -> str |
     return None if bounds.low <= value <= bounds.high else f"outside [{bounds.low}, {bounds.high}]"
 
 
-def initial_points(tune_params: TuneParams, train_params: TrainParams, models: list[str]) -> list[dict[str, Any]]:
-    """Configurations a new study tries first: the current train.* values (the bar to beat), then tune.enqueue."""
-    points: list[tuple[str, dict[str, Any]]] = []
+def initial_points(tune_params: TuneParams, train_params: TrainParams,
+                   models: list[str]) -> dict[str, dict[str, Any]]:
+    """Configurations a new study tries first, by name: ``baseline`` (the current train.* values, the bar to beat),
+    then ``enqueue[i]`` (tune.enqueue). The name is recorded on the trial, so each is queued once per study."""
+    points: dict[str, dict[str, Any]] = {}
     if tune_params.baseline:
         sampled_keys = [key for key in SPACE_KEYS if getattr(tune_params.space, key) is not None]
-        points.append(("tune.baseline (train.*)", {key: getattr(train_params, key) for key in sampled_keys}))
+        points["baseline"] = {key: getattr(train_params, key) for key in sampled_keys}
     for index, point in enumerate(tune_params.enqueue):
-        points.append((f"tune.enqueue[{index}]", point.model_dump(exclude_none=True)))
-    for source, point in points:
+        points[f"enqueue[{index}]"] = point.model_dump(exclude_none=True)
+    for name, point in points.items():
+        source = "tune.baseline (train.*)" if name == "baseline" else f"tune.{name}"
         for key, value in point.items():
             problem = _outside(tune_params.space, models, key, value)
             if problem:
                 raise ParamsError(f"{source}: {key}={value!r} is {problem} (tune.space); widen the space or drop it")
         if point.get("augment") and point.get("freeze_backbone"):
             raise ParamsError(f"{source}: {FROZEN_AUGMENT_MESSAGE}")
-    return [point for _, point in points]
+    return points
 
 
 def create_pruner(pruner: PrunerParams, max_epochs: int) -> optuna.pruners.BasePruner:
@@ -182,36 +183,89 @@ def _quiet_experimental() -> Iterator[None]:
         yield
 
 
-def open_study(url: str, name: str, *, seed: int, pruner: optuna.pruners.BasePruner, heartbeat_s: int,
-               setup: dict[str, Any], points: list[dict[str, Any]]) -> optuna.Study:
-    """Create the study, or load it to continue where a previous (possibly killed) run stopped.
+@dataclass(frozen=True)
+class Worker:
+    """One process working on a study. Its index is unique within the study, across machines and resumes (it is
+    handed out under the storage lock), so ``seed + index`` gives every worker its own sampler draws."""
 
-    Trials a killed process left RUNNING stop sending heartbeats and are marked FAIL (here, or by Optuna before
-    each new trial once they are stale), so they are neither counted nor resumed twice. The sampler is seeded
-    from ``seed`` plus the trials already stored: reseeding with ``seed`` alone would replay the first draws and
-    duplicate finished trials.
+    index: int
+    sampler_seed: int
+    host: str
+    pid: int
+
+
+def open_study(url: str, name: str, *, seed: int, pruner: optuna.pruners.BasePruner, heartbeat_s: int,
+               stale_retries: int, lock: StorageLock, setup: dict[str, Any], points: dict[str, dict[str, Any]],
+               on_open: Callable[[optuna.Study], None] | None = None,
+               register: bool = True) -> tuple[optuna.Study, Worker | None]:
+    """Create the study or load it, to continue where earlier or concurrent workers are; register this worker.
+
+    Everything that must happen once per study runs under the storage lock, so workers started at the same moment
+    (on one machine or several) agree: Optuna's tables and the study are created once, the start points are queued
+    once (each carries its name in ``START_ATTR``, and a name already queued is never queued again), ``on_open``
+    (the MLflow parent run) sees the study in a settled state, and each worker gets its own index.
+    Trials whose worker died stop sending heartbeats: they are marked FAIL (here, or by any worker before it claims
+    a trial) and queued again with the same parameters up to ``stale_retries`` times.
     """
+    with lock:
+        study = _create_or_load(url, name, pruner, heartbeat_s, stale_retries)
+        recorded = study.user_attrs.get(SETUP_ATTR)
+        if recorded is not None and recorded != setup:
+            changed = sorted(key for key in set(recorded) | set(setup) if recorded.get(key) != setup.get(key))
+            raise ParamsError(
+                f"tune.study_prefix: study {name!r} was run with a different {', '.join(changed)}; its trials are "
+                "not comparable: set a new tune.study_prefix (or delete the study) to start afresh"
+            )
+        if recorded is None:
+            queued = {trial.user_attrs.get(START_ATTR) for trial in study.get_trials(deepcopy=False)}
+            for point_name, point in points.items():
+                if point_name not in queued:  # a set-up cut short by a kill is completed, not repeated
+                    study.enqueue_trial(point, user_attrs={START_ATTR: point_name})
+            study.set_user_attr(SETUP_ATTR, setup)
+        with _quiet_experimental():
+            optuna.storages.fail_stale_trials(study)
+        if on_open is not None:
+            on_open(study)
+        worker = _register_worker(study, seed) if register else None
+    if worker is not None:
+        # TPE's constant liar (on by default in Optuna 5) keeps concurrent workers away from each other's
+        # running trials; distinct seeds keep their random start-up draws apart.
+        study.sampler = optuna.samplers.TPESampler(seed=worker.sampler_seed)
+    return study, worker
+
+
+def _create_or_load(url: str, name: str, pruner: optuna.pruners.BasePruner, heartbeat_s: int,
+                    stale_retries: int) -> optuna.Study:
+    from sqlalchemy.exc import OperationalError
+
+    prepare_storage(url)
     with _quiet_experimental():
-        storage = optuna.storages.RDBStorage(
-            url, engine_kwargs={"connect_args": {"timeout": 60}}, heartbeat_interval=heartbeat_s
-        )
-    study = optuna.create_study(storage=storage, study_name=name, direction="maximize", pruner=pruner,
-                                load_if_exists=True)
-    recorded = study.user_attrs.get(SETUP_ATTR)
-    if recorded is None:
-        study.set_user_attr(SETUP_ATTR, setup)
-        for point in points:
-            study.enqueue_trial(point)
-    elif recorded != setup:
-        changed = sorted(key for key in set(recorded) | set(setup) if recorded.get(key) != setup.get(key))
-        raise ParamsError(
-            f"tune.study_prefix: study {name!r} in {url} was run with a different {', '.join(changed)}; "
-            "its trials are not comparable: set a new tune.study_prefix (or delete the study) to start afresh"
-        )
-    with _quiet_experimental():
-        optuna.storages.fail_stale_trials(study)
-    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
-    return study
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=stale_retries) if stale_retries else None
+        try:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url),
+                                                 heartbeat_interval=heartbeat_s,
+                                                 heartbeat_stale_trial_callback=retry)
+            return optuna.create_study(storage=storage, study_name=name, direction="maximize", pruner=pruner,
+                                       load_if_exists=True)
+        except OperationalError as err:
+            raise unavailable(url, err) from None
+
+
+def _register_worker(study: optuna.Study, seed: int) -> Worker:
+    index = sum(key.startswith(WORKER_PREFIX) for key in study.user_attrs)
+    worker = Worker(index=index, sampler_seed=seed + index, host=socket.gethostname(), pid=os.getpid())
+    study.set_user_attr(f"{WORKER_PREFIX}{index:03d}", {
+        "host": worker.host, "pid": worker.pid, "sampler_seed": worker.sampler_seed,
+        "started": datetime.now(UTC).isoformat(timespec="seconds")})
+    log.info("worker %d of study %s (%s, pid %d): sampler seed %d", index, study.study_name, worker.host, worker.pid,
+             worker.sampler_seed)
+    return worker
+
+
+def workers(study: optuna.Study) -> dict[str, dict[str, Any]]:
+    """Every worker registered on the study: index → host, pid, sampler seed, start time."""
+    return {key[len(WORKER_PREFIX):]: value for key, value in sorted(study.user_attrs.items())
+            if key.startswith(WORKER_PREFIX)}
 
 
 def count_states(study: optuna.Study) -> dict[str, int]:
@@ -224,6 +278,15 @@ def count_states(study: optuna.Study) -> dict[str, int]:
 def remaining_trials(study: optuna.Study, n_trials: int) -> int:
     """Trials still to run so the study holds ``n_trials`` finished ones (failed trials do not count)."""
     return max(0, n_trials - len(study.get_trials(deepcopy=False, states=FINISHED)))
+
+
+def running_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def started_trials(study: optuna.Study) -> int:
+    """Trials that ever left the queue (running or ended)."""
+    return sum(trial.state != TrialState.WAITING for trial in study.get_trials(deepcopy=False))
 
 
 def stale_run_ids(study: optuna.Study) -> list[str]:
@@ -291,12 +354,15 @@ class Objective:
     runtime: Runtime
     tracker: TrialTracker = field(default_factory=NullTracker)
     weights_root: Path = Path(".")  # train.weights_files paths are relative to the project root
+    worker: int | None = None  # recorded on each trial (WORKER_ATTR): which worker ran it
 
     def weights_file(self, model_name: str) -> Path | None:
         relative = self.train_params.weights_files.get(model_name)
         return None if relative is None else self.weights_root / relative
 
     def __call__(self, trial: optuna.Trial) -> float:
+        if self.worker is not None:
+            trial.set_user_attr(WORKER_ATTR, self.worker)
         sampled = suggest(trial, self.tune_params.space, self.models)
         params = trial_train_params(self.train_params, sampled, self.tune_params.max_epochs)
         self.tracker.start(trial, sampled)
@@ -347,19 +413,56 @@ class Objective:
         return float(result.best["val_f1_macro"])
 
 
-def run_study(study: optuna.Study, objective: Objective, n_trials: int, timeout_s: float | None) -> int:
-    """Run the trials still missing; returns how many were started. Training errors fail one trial, not all."""
-    remaining = remaining_trials(study, n_trials)
-    if remaining == 0:
+def run_study(study: optuna.Study, objective: Objective, n_trials: int, timeout_s: float | None,
+              lock: StorageLock, poll_s: float) -> int:
+    """Run trials until the study holds ``n_trials`` finished ones, counted over every worker of the study.
+
+    Returns how many this worker started. The cap is global and exact: a worker claims a slot under the storage
+    lock and Optuna creates the trial (RUNNING) before the lock is let go, so two workers that both see n - 1
+    finished trials cannot both start one. A worker whose slot would only be needed if another worker's running
+    trial fails waits (polling every ``poll_s``) instead of leaving: that worker may have been killed, and its
+    trial, once its heartbeat is stale, is marked FAIL and queued again for whoever is still here. A worker starts
+    at most as many trials as were missing when it began, so a training error that fails every trial ends it.
+    """
+    attempts = remaining_trials(study, n_trials)
+    if attempts == 0:
         log.info("study %s already holds %d finished trials", study.study_name, n_trials)
         return 0
-    before = _started(study)
-    study.optimize(objective, n_trials=remaining, timeout=timeout_s, catch=(RuntimeError,), gc_after_trial=True)
-    return _started(study) - before
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    started, waiting = 0, False
+    while started < attempts and (deadline is None or time.monotonic() < deadline):
+        lock.acquire()
+        try:
+            with _quiet_experimental():
+                optuna.storages.fail_stale_trials(study)
+            missing, running = remaining_trials(study, n_trials), running_trials(study)
+            if missing == 0:
+                break
+            if running >= missing:
+                if not waiting:
+                    log.info("study %s: %d running trial(s) would complete it; waiting for them", study.study_name,
+                             running)
+                waiting = True
+                lock.release()
+                time.sleep(poll_s)
+                continue
+            waiting = False
+            study.optimize(_released_first(lock, objective), n_trials=1, catch=(RuntimeError,),
+                           gc_after_trial=True)
+            started += 1
+        finally:
+            lock.release()
+    return started
 
 
-def _started(study: optuna.Study) -> int:
-    return sum(trial.state != TrialState.WAITING for trial in study.get_trials(deepcopy=False))
+def _released_first(lock: StorageLock, objective: Objective) -> Callable[[optuna.Trial], float]:
+    """The objective, letting go of the storage lock as soon as Optuna has created the trial it runs."""
+
+    def run(trial: optuna.Trial) -> float:
+        lock.release()
+        return objective(trial)
+
+    return run
 
 
 # --- results --------------------------------------------------------------------------------------------------
