@@ -34,7 +34,7 @@ WEAK_POINT = {"lr": 1e-5, "weight_decay": 1e-4, "batch_size": 16, "label_smoothi
 # at a point that does not depend on timing. Trials 0 and 1 (baseline, weak point) have finished by then.
 KILL_SCRIPT = """
 import os, signal, sys
-import catalog_classifier.tuning.study as tune
+import catalog_classifier.tuning.objective as tune
 
 real_fit, calls = tune.fit_model, []
 
@@ -296,8 +296,8 @@ def test_start_points_must_lie_in_the_space() -> None:
 
 def test_a_study_resumes_only_under_the_same_setup(tmp_path: Path) -> None:
     from catalog_classifier.config.params import ParamsError
+    from catalog_classifier.tuning.shared import open_study
     from catalog_classifier.tuning.storage import StorageLock
-    from catalog_classifier.tuning.study import open_study
 
     url = f"sqlite:///{tmp_path}/optuna.db"
     kwargs = {"seed": 1, "pruner": optuna.pruners.NopPruner(), "heartbeat_s": 5, "stale_retries": 1,

@@ -21,7 +21,8 @@ import optuna
 from catalog_classifier.config.layout import Project
 from catalog_classifier.ops.io import write_csv, write_json, write_text
 from catalog_classifier.tuning.runner import finish_family, prepare_family, tune_family
-from catalog_classifier.tuning.study import best_params_text, save_figures, started_trials, trials_frame
+from catalog_classifier.tuning.shared import started_trials
+from catalog_classifier.tuning.study import best_params_text, save_figures, trials_frame
 from catalog_classifier.tuning.trial_runs import close_parent_run
 
 log = logging.getLogger(__name__)

