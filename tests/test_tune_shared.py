@@ -270,3 +270,23 @@ def test_an_unreachable_postgresql_fails_fast_with_one_line(tmp_path: Path) -> N
     assert time.perf_counter() - started < 15
     message = str(caught.value)
     assert "\n" not in message and "unreachable" in message and ":pw@" not in message and "***" in message
+
+
+def test_storage_overhead_is_timed_per_phase_on_both_backends(tmp_path: Path, postgres: Any) -> None:
+    """make bench-tune's storage figure, on a few trials: every trial completes, every phase is timed."""
+    from test_tune import tune_params
+
+    from catalog_classifier.config.params import parse_params
+    from catalog_classifier.tuning.storage_bench import PHASES, storage_overhead
+
+    tune = parse_params(tune_params()).tune
+    for url in (f"sqlite:///{tmp_path}/bench.db", postgres.create_database("tune_storage_bench")):
+        figures = storage_overhead(url, tune, ["resnet10t"], n_trials=6, n_reports=3)
+        assert figures["states"] == ["COMPLETE"] and figures["n_trials"] == 6 and figures["n_reports"] == 3
+        assert set(figures["phases_ms_mean"]) == set(PHASES) and all(
+            value > 0 for value in figures["phases_ms_mean"].values())
+        assert figures["ms_per_trial"]["mean"] >= sum(figures["phases_ms_mean"].values()) * 0.99
+        assert ":***@" in figures["storage"] or figures["backend"] == "sqlite"
+        study = optuna.load_study(study_name=optuna.get_all_study_names(url)[0], storage=url)
+        # reports 1..3 on every trial, as a real trial reports its epochs
+        assert [list(trial.intermediate_values) for trial in study.trials] == [[1, 2, 3]] * 6

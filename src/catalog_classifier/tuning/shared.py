@@ -187,9 +187,7 @@ def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], n
     while started < attempts and (deadline is None or time.monotonic() < deadline):
         lock.acquire()
         try:
-            with _quiet_experimental():
-                optuna.storages.fail_stale_trials(study)
-            missing, running = _missing_and_running(study, n_trials)
+            missing, running = slot_status(study, n_trials)
             if missing == 0:
                 break
             if running >= missing:
@@ -201,19 +199,32 @@ def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], n
                 time.sleep(poll_s)
                 continue
             waiting = False
-            study.optimize(_released_first(lock, objective), n_trials=1, catch=(RuntimeError,),
-                           gc_after_trial=True)
+            run_claimed_trial(study, objective, lock)
             started += 1
         finally:
             lock.release()
     return started
 
 
-def _released_first(lock: StorageLock, objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
-    """The objective, letting go of the storage lock as soon as Optuna has created the trial it runs."""
+def slot_status(study: optuna.Study, n_trials: int) -> tuple[int, int]:
+    """Under the storage lock: fail trials whose worker died (queueing their retries), then count the finished
+    trials still missing and the trials running, both from one read of the trials."""
+    with _quiet_experimental():
+        optuna.storages.fail_stale_trials(study)
+    return _missing_and_running(study, n_trials)
 
-    def run(trial: optuna.Trial) -> float:
+
+def run_claimed_trial(study: optuna.Study, objective: Callable[[optuna.Trial], float], lock: StorageLock,
+                      gc_after_trial: bool = True) -> None:
+    """One trial through Optuna's own loop (heartbeat, tell, logging), the storage lock held until the trial
+    exists: the objective lets go of it first thing. Training errors (RuntimeError) fail the trial, not the run.
+    A garbage collection after each trial returns a trial's tensors before the next one allocates its own."""
+
+    def released_first(trial: optuna.Trial) -> float:
         lock.release()
         return objective(trial)
 
-    return run
+    try:
+        study.optimize(released_first, n_trials=1, catch=(RuntimeError,), gc_after_trial=gc_after_trial)
+    finally:
+        lock.release()
