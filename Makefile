@@ -59,6 +59,11 @@ bench: data ## speed: training/inference vs a naive loop and the matmul peak (BE
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro split
 	$(BIN)/catalog-classifier bench $(BENCH_ARGS)
 
+.PHONY: bench-tune
+bench-tune: data postgres ## tuning trials/hour with 1..N workers, Optuna storage cost per trial: sqlite vs PostgreSQL
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro split
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/catalog-classifier bench-tune $(BENCH_ARGS)
+
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check src tests flows
 

@@ -34,7 +34,7 @@ WEAK_POINT = {"lr": 1e-5, "weight_decay": 1e-4, "batch_size": 16, "label_smoothi
 # at a point that does not depend on timing. Trials 0 and 1 (baseline, weak point) have finished by then.
 KILL_SCRIPT = """
 import os, signal, sys
-import catalog_classifier.tuning.study as tune
+import catalog_classifier.tuning.objective as tune
 
 real_fit, calls = tune.fit_model, []
 
@@ -111,6 +111,11 @@ def load_study(root: Path) -> optuna.Study:
                              storage=f"sqlite:///{root}/artifacts/tune/optuna.db")
 
 
+def summary_workers(root: Path) -> list[dict[str, Any]]:
+    summary = json.loads((root / "artifacts/tune/tiny/summary.json").read_text())
+    return [summary["workers"][index] for index in sorted(summary["workers"])]
+
+
 def tuning_runs(root: Path) -> list[mlflow.entities.Run]:
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
     return mlflow.search_runs(experiment_names=["catalog-classifier-tuning"], output_format="list")
@@ -153,18 +158,25 @@ def test_kill_left_a_running_trial_after_a_complete_and_a_pruned_one(tuned: dict
 def test_resume_finishes_the_remaining_trials_without_duplicates(tuned: dict[str, Any]) -> None:
     study = load_study(tuned["root"])
     states = [trial.state.name for trial in study.trials]
-    # Trials 0 and 1 kept, the killed trial 2 failed (not counted, not re-run), 3 and 4 make up the four.
+    # Trials 0 and 1 kept, the killed trial 2 failed (not counted), queued again as trial 3 (tune.stale_retries),
+    # and 4 makes up the four.
     assert states[:3] == ["COMPLETE", "PRUNED", "FAIL"]
     assert len(states) == N_TRIALS + 1 and set(states[3:]) <= {"COMPLETE", "PRUNED"}
+    retry = study.trials[3]
+    assert retry.system_attrs["failed_trial"] == 2 and retry.params == study.trials[2].params
     assert study.trials[0].params == {"model": "resnet10t", "lr": 0.003, "weight_decay": 0.05, "batch_size": 8,
                                       "label_smoothing": 0.0, "augment": False, "freeze_backbone": False}
     # the weak point is frozen: augment is not a parameter of a frozen trial (it trains without)
     assert study.trials[1].params == {"model": "resnet10t", **{k: v for k, v in WEAK_POINT.items() if k != "augment"}}
-    # A resumed sampler must not replay the first process's draws.
-    drawn = [tuple(sorted(trial.params.items())) for trial in study.trials if trial.params]
+    # A resumed sampler must not replay the first process's draws (the retry repeats trial 2 on purpose).
+    drawn = [tuple(sorted(trial.params.items())) for trial in study.trials
+             if trial.params and "failed_trial" not in trial.system_attrs]
     assert len(set(drawn)) == len(drawn)
+    # one worker per run of the command, each with its own sampler seed
+    assert [worker["sampler_seed"] for worker in summary_workers(tuned["root"])] == [42, 43]
     summary = json.loads((tuned["root"] / "artifacts/tune/tiny/summary.json").read_text())
     assert summary["trials_run_now"] == 2
+    assert [trial.user_attrs["worker"] for trial in study.trials] == [0, 0, 0, 1, 1]
     assert sum(summary["states"].values()) == N_TRIALS + 1 and summary["states"]["FAIL"] == 1
 
 
@@ -255,12 +267,16 @@ def test_best_params_yaml_applies_with_dvc_exp_run(tuned: dict[str, Any], capsys
 
 def test_optuna_storage_may_not_be_mlflows_database(tmp_path: Path) -> None:
     from catalog_classifier.config.params import ParamsError
-    from catalog_classifier.tuning.study import storage_url
+    from catalog_classifier.tuning.storage import refuse_mlflow_database, resolve_storage
 
+    url = resolve_storage("mlruns/mlflow.db", tmp_path, {})
     with pytest.raises(ParamsError, match="tune.storage"):
-        storage_url(tmp_path / "mlruns" / "mlflow.db", f"sqlite:///{tmp_path}/mlruns/../mlruns/mlflow.db")
-    assert storage_url(tmp_path / "tune" / "optuna.db", f"sqlite:///{tmp_path}/mlruns/mlflow.db") == (
-        f"sqlite:///{tmp_path}/tune/optuna.db")
+        refuse_mlflow_database(url, f"sqlite:///{tmp_path}/mlruns/../mlruns/mlflow.db")
+    refuse_mlflow_database(resolve_storage("tune/optuna.db", tmp_path, {}), f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    with pytest.raises(ParamsError, match="MLflow's tracking database"):
+        refuse_mlflow_database("postgresql://optuna:a@db.example:5432/mlflow",
+                               "postgresql+psycopg://mlflow:b@db.example/mlflow")
+    refuse_mlflow_database("postgresql://optuna:a@db.example:5432/optuna", "postgresql://mlflow:b@db.example/mlflow")
 
 
 def test_start_points_must_lie_in_the_space() -> None:
@@ -269,8 +285,8 @@ def test_start_points_must_lie_in_the_space() -> None:
 
     params = parse_params(tune_params())
     points = initial_points(params.tune, params.train, ["resnet10t"])
-    assert points == [{"lr": 0.003, "weight_decay": 0.05, "batch_size": 8, "label_smoothing": 0.0,
-                       "augment": False, "freeze_backbone": False}, WEAK_POINT]
+    assert points == {"baseline": {"lr": 0.003, "weight_decay": 0.05, "batch_size": 8, "label_smoothing": 0.0,
+                                   "augment": False, "freeze_backbone": False}, "enqueue[0]": WEAK_POINT}
     raw = tune_params()
     raw["train"]["batch_size"] = 32
     params = parse_params(raw)
@@ -280,16 +296,20 @@ def test_start_points_must_lie_in_the_space() -> None:
 
 def test_a_study_resumes_only_under_the_same_setup(tmp_path: Path) -> None:
     from catalog_classifier.config.params import ParamsError
-    from catalog_classifier.tuning.study import open_study
+    from catalog_classifier.tuning.shared import open_study
+    from catalog_classifier.tuning.storage import StorageLock
 
     url = f"sqlite:///{tmp_path}/optuna.db"
-    kwargs = {"seed": 1, "pruner": optuna.pruners.NopPruner(), "heartbeat_s": 5}
-    study = open_study(url, "s", setup={"max_epochs": 2}, points=[{"lr": 0.1}], **kwargs)
+    kwargs = {"seed": 1, "pruner": optuna.pruners.NopPruner(), "heartbeat_s": 5, "stale_retries": 1,
+              "lock": StorageLock(url, timeout_s=10)}
+    study, worker = open_study(url, "s", setup={"max_epochs": 2}, points={"baseline": {"lr": 0.1}}, **kwargs)
     assert [trial.state.name for trial in study.trials] == ["WAITING"]
-    again = open_study(url, "s", setup={"max_epochs": 2}, points=[{"lr": 0.1}], **kwargs)
+    assert study.trials[0].user_attrs == {"start_point": "baseline"} and worker.index == 0 and worker.sampler_seed == 1
+    again, worker = open_study(url, "s", setup={"max_epochs": 2}, points={"baseline": {"lr": 0.1}}, **kwargs)
     assert len(again.trials) == 1  # start points are queued once, when the study is created
+    assert worker.index == 1 and worker.sampler_seed == 2  # every worker of a study draws its own samples
     with pytest.raises(ParamsError, match="different max_epochs"):
-        open_study(url, "s", setup={"max_epochs": 3}, points=[], **kwargs)
+        open_study(url, "s", setup={"max_epochs": 3}, points={}, **kwargs)
 
 
 def test_override_flags_are_read_alike_by_dvc_and_yaml() -> None:

@@ -116,12 +116,65 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _transient(args: argparse.Namespace, err: Exception) -> int:
+    """A transient error met inside a handler (one the handler imports itself, so start-up never loads it)."""
+    print(f"catalog-classifier {args.command}: error: {err}", file=sys.stderr)
+    return EXIT_TRANSIENT
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
-    from catalog_classifier.stages.tune import run_tune
+    from catalog_classifier.stages.tune import run_tune, run_tune_workers
+    from catalog_classifier.tuning.storage import StorageUnavailable
 
     project = _project(args)
     for family in args.family or list(project.params.tune.families):
-        run_tune(project, family, n_trials=args.n_trials, timeout_s=args.timeout)
+        try:
+            if args.workers == 1:
+                run_tune(project, family, n_trials=args.n_trials, timeout_s=args.timeout,
+                         publish=not args.no_publish)
+                continue
+            _, codes = run_tune_workers(project, family, args.workers, args.n_trials, args.timeout,
+                                        _worker_args(args))
+        except StorageUnavailable as err:  # Optuna's database down, or its lock held too long: retry later
+            return _transient(args, err)
+        failed = [code if code > 0 else 128 - code for code in codes if code]
+        if failed:
+            print(f"catalog-classifier tune: {len(failed)} of {args.workers} workers on family {family} failed "
+                  f"(exit status {', '.join(map(str, failed))}); the study keeps what they finished", file=sys.stderr)
+            return failed[0]
+    return 0
+
+
+def _worker_args(args: argparse.Namespace) -> list[str]:
+    """What a worker process needs to load the same params: the file by absolute path, the same overrides."""
+    worker_args = ["--params", str(Path(args.params).resolve()), *(f"--set={item}" for item in args.set or [])]
+    return worker_args + (["-v"] if args.verbose else [])
+
+
+def cmd_bench_tune(args: argparse.Namespace) -> int:
+    from catalog_classifier.stages.tune_bench import run_bench_tune
+    from catalog_classifier.tuning.storage import StorageUnavailable
+
+    project = _project(args)
+    try:
+        result = run_bench_tune(project, _worker_args(args), postgres_url=args.postgres_url,
+                                throughput=args.only in (None, "throughput"), storage=args.only in (None, "storage"))
+    except StorageUnavailable as err:
+        return _transient(args, err)
+    machine = result["machine"]
+    print(f"machine: {machine['cores']} cores, load average {machine['load_before'][0]:.1f} before, "
+          f"{machine['load_after'][0]:.1f} after (shared: other processes may have run)")
+    for backend, figures in result.get("storage", {}).items():
+        phases = ", ".join(f"{key} {value:.1f}" for key, value in figures["phases_ms_mean"].items())
+        print(f"storage {backend:<10} {figures['ms_per_trial']['mean']:8.1f} ms/trial mean "
+              f"(median {figures['ms_per_trial']['median']:.1f}, p95 {figures['ms_per_trial']['p95']:.1f}; "
+              f"{figures['n_trials']} trials, {figures['n_reports']} reports each) [{phases}; "
+              f"garbage collection apart: {figures['gc_ms_mean']:.1f}]")
+    for row in result.get("throughput", []):
+        print(f"throughput {row['workers']} worker(s) x {row['threads_per_worker']} thread(s): "
+              f"{row['trials_per_hour']:.0f} trials/h end to end ({row['trials']} trials in {row['wall_s']:.0f} s), "
+              f"{row['trials_per_hour_in_span']:.0f} trials/h over the trials, mean trial {row['mean_trial_s']:.1f} s")
+    print(f"written: {project.path(project.params.bench.out_dir) / 'tune.json'}")
     return 0
 
 
@@ -282,6 +335,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="finished trials the study should hold (default: tune.n_trials)")
     tune.add_argument("--timeout", type=_positive(float), metavar="SECONDS",
                       help="start no trial after this many seconds (default: tune.timeout_s)")
+    tune.add_argument("--workers", type=_positive(int), default=1,
+                      help="local worker processes sharing each study (default: %(default)s); to add workers on "
+                           "other machines, run `catalog-classifier tune` there against the same tune.storage")
+    # A worker started by --workers: its launcher writes the study's results once, after every worker is done.
+    tune.add_argument("--no-publish", action="store_true", help=argparse.SUPPRESS)
+    bench_tune = add("bench-tune", cmd_bench_tune, "tuning throughput with 1..N workers (tune.bench) and Optuna's "
+                     "storage cost per trial on sqlite and PostgreSQL (JSON in bench.out_dir)")
+    bench_tune.add_argument("--postgres-url", metavar="URL",
+                            help="PostgreSQL database to measure on (default: a temporary cluster of its own)")
+    bench_tune.add_argument("--only", choices=("storage", "throughput"), help="measure one of the two")
     add("tune-overrides", cmd_tune_overrides,
         "print a family's best tuned params as `dvc exp run` flags (pipe into: xargs dvc exp run)").add_argument(
         "--family", required=True, help="family of tune.families")

@@ -66,10 +66,7 @@ class Project:
     def eval_metrics(self, model: str) -> Path:
         return self.eval_dir(model) / "metrics.json"
 
-    # tune
-    def tune_storage(self) -> Path:
-        return self.path(self.params.tune.storage)
-
+    # tune (tune.storage may be a database URL: catalog_classifier.tuning.storage resolves it)
     def tune_dir(self, family: str) -> Path:
         return self.path(self.params.tune.out_dir) / family
 

@@ -316,9 +316,44 @@ class TrialPoint(_Strict):
     backbone_lr_ratio: float | None = None
 
 
+# Optuna storages the shared-study lock knows (a sqlite file on one machine, PostgreSQL across machines).
+TUNE_STORAGE_SCHEMES = ("sqlite", "postgresql")
+
+
+class TuneBenchParams(_Strict):
+    """``catalog-classifier bench-tune``: a tiny fixed study timed with 1..N workers, and the storage cost per trial."""
+
+    model: str = Field(min_length=1)  # the one candidate of the timed study's family
+    image_size: int = Field(ge=16)
+    max_epochs: int = Field(gt=0)
+    n_trials: int = Field(gt=0)  # finished trials of each timed study
+    workers: list[int] = Field(min_length=1)  # one timed study per entry
+    storage_trials: int = Field(gt=0)  # trivial-objective trials per storage for the overhead figure
+    storage_reports: int = Field(ge=0)  # intermediate values reported per trivial trial (epochs of a real one)
+
+    @field_validator("workers")
+    @classmethod
+    def _positive_workers(cls, workers: list[int]) -> list[int]:
+        if any(count <= 0 for count in workers):
+            raise ValueError("worker counts must be positive")
+        return workers
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, model: str) -> str:
+        import timm
+
+        if not timm.is_model(model):
+            raise ValueError(f"unknown timm model name {model!r}")
+        return model
+
+
 class TuneParams(_Strict):
     out_dir: Path
-    storage: Path  # Optuna's own sqlite file; never MLflow's database
+    # Optuna's database, never MLflow's: a sqlite file path (relative to the project root), sqlite:///PATH or
+    # postgresql://USER:PASSWORD@HOST:PORT/DB. ${VAR} is replaced from the environment, and CATALOG_TUNE_STORAGE,
+    # when set, replaces the whole value: passwords stay out of this file.
+    storage: str = Field(min_length=1)
     study_prefix: str = Field(min_length=1)
     experiment: str = Field(min_length=1)  # MLflow experiment of the studies (kept apart from pipeline runs)
     seed: int
@@ -326,11 +361,24 @@ class TuneParams(_Strict):
     timeout_s: float | None = Field(default=None, gt=0)
     max_epochs: int = Field(gt=0)
     heartbeat_s: int = Field(gt=0)
+    stale_retries: int = Field(ge=0)  # a trial whose worker died (heartbeat gone) is queued again this many times
+    lock_timeout_s: float = Field(gt=0)  # wait for the storage lock (study set-up, trial claims) at most this long
     pruner: PrunerParams
     families: dict[str, list[str]] = Field(min_length=1)
     space: TuneSpace
     baseline: bool  # a new study's first trial uses the current train.* values: the bar to beat
     enqueue: list[TrialPoint] = Field(default_factory=list)
+    bench: TuneBenchParams
+
+    @field_validator("storage")
+    @classmethod
+    def _known_storage(cls, storage: str) -> str:
+        # The shape only: ${VAR} parts and CATALOG_TUNE_STORAGE are resolved when a study is opened.
+        scheme = storage.split("://", 1)[0].split("+", 1)[0] if "://" in storage else "sqlite"
+        if scheme not in TUNE_STORAGE_SCHEMES:
+            raise ValueError(f"{scheme}:// is not supported; use a sqlite file (path or sqlite:///PATH) "
+                             "or postgresql://USER:PASSWORD@HOST:PORT/DB")
+        return storage
 
     @field_validator("families")
     @classmethod

@@ -1,10 +1,7 @@
-"""Hyper-parameter search with Optuna: the search space, the objective, resumable studies and their results.
+"""Hyper-parameter search with Optuna: the search space, what makes a study's trials comparable, and its results.
 
-A trial is the pipeline's own training (:func:`catalog_classifier.modeling.training.fit`) with a few ``train``
-values sampled from ``tune.space``; it reports validation macro-F1 after every epoch so a pruner can stop weak
-trials early.
-Only the train and validation manifests are ever handed to this module: the test split stays unseen until the
-final evaluation, or its score would be tuned on and stop being an honest estimate.
+A trial (:mod:`catalog_classifier.tuning.objective`) is the pipeline's own training with a few ``train`` values
+sampled here from ``tune.space``. No torch in this module: a launcher of workers sets a study up without it.
 """
 
 from __future__ import annotations
@@ -14,11 +11,8 @@ import json
 import logging
 import shlex
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -33,20 +27,13 @@ from catalog_classifier.config.params import (
     TuneParams,
     TuneSpace,
 )
-from catalog_classifier.data.imageset import DataConfig, ImageSet, decode_manifest
-from catalog_classifier.modeling.frozen import fit_model
-from catalog_classifier.modeling.models import create_classifier
-from catalog_classifier.modeling.training import FitResult, settings_from
-from catalog_classifier.ops.runtime import Runtime, seed_everything
+from catalog_classifier.tuning.shared import count_states
 
 log = logging.getLogger(__name__)
 
 MODEL_KEY = "model"  # the sampled timm model name: for MobileViTv2 the width (050/075/100)
 SPACE_KEYS = ("lr", "weight_decay", "batch_size", "label_smoothing", "augment", "freeze_backbone",
               "backbone_lr_ratio")
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts toward n_trials
-SETUP_ATTR = "setup"  # study user attribute: what a resumed run must match
-RUN_ATTR = "mlflow_run_id"  # trial user attribute: the trial's nested MLflow run
 # train.* keys that change what a trial measures (runtime and output paths do not).
 SETUP_TRAIN_KEYS = ("seed", "weights", "weights_files", "allow_random_fallback", "image_size", "patience",
                     "optimizer")
@@ -60,16 +47,6 @@ def family_models(tune_params: TuneParams, family: str) -> list[str]:
     if family not in tune_params.families:
         raise ParamsError(f"tune.families: unknown family {family!r}; known: {', '.join(tune_params.families)}")
     return list(tune_params.families[family])
-
-
-def storage_url(storage: Path, mlflow_tracking_uri: str) -> str:
-    """sqlite URL of Optuna's database, refused when it is MLflow's: each tool migrates its own schema."""
-    storage = storage.resolve()
-    prefix = "sqlite:///"
-    if mlflow_tracking_uri.startswith(prefix) and Path(mlflow_tracking_uri[len(prefix):]).resolve() == storage:
-        raise ParamsError(f"tune.storage: {storage} is MLflow's tracking database; give Optuna its own file")
-    storage.parent.mkdir(parents=True, exist_ok=True)
-    return f"{prefix}{storage}"
 
 
 # --- search space ---------------------------------------------------------------------------------------------
@@ -125,22 +102,25 @@ def _outside(space: TuneSpace, models: list[str], key: str, value: Any) -> str |
     return None if bounds.low <= value <= bounds.high else f"outside [{bounds.low}, {bounds.high}]"
 
 
-def initial_points(tune_params: TuneParams, train_params: TrainParams, models: list[str]) -> list[dict[str, Any]]:
-    """Configurations a new study tries first: the current train.* values (the bar to beat), then tune.enqueue."""
-    points: list[tuple[str, dict[str, Any]]] = []
+def initial_points(tune_params: TuneParams, train_params: TrainParams,
+                   models: list[str]) -> dict[str, dict[str, Any]]:
+    """Configurations a new study tries first, by name: ``baseline`` (the current train.* values, the bar to beat),
+    then ``enqueue[i]`` (tune.enqueue). The name is recorded on the trial, so each is queued once per study."""
+    points: dict[str, dict[str, Any]] = {}
     if tune_params.baseline:
         sampled_keys = [key for key in SPACE_KEYS if getattr(tune_params.space, key) is not None]
-        points.append(("tune.baseline (train.*)", {key: getattr(train_params, key) for key in sampled_keys}))
+        points["baseline"] = {key: getattr(train_params, key) for key in sampled_keys}
     for index, point in enumerate(tune_params.enqueue):
-        points.append((f"tune.enqueue[{index}]", point.model_dump(exclude_none=True)))
-    for source, point in points:
+        points[f"enqueue[{index}]"] = point.model_dump(exclude_none=True)
+    for name, point in points.items():
+        source = "tune.baseline (train.*)" if name == "baseline" else f"tune.{name}"
         for key, value in point.items():
             problem = _outside(tune_params.space, models, key, value)
             if problem:
                 raise ParamsError(f"{source}: {key}={value!r} is {problem} (tune.space); widen the space or drop it")
         if point.get("augment") and point.get("freeze_backbone"):
             raise ParamsError(f"{source}: {FROZEN_AUGMENT_MESSAGE}")
-    return [point for _, point in points]
+    return points
 
 
 def create_pruner(pruner: PrunerParams, max_epochs: int) -> optuna.pruners.BasePruner:
@@ -171,195 +151,6 @@ def study_setup(tune_params: TuneParams, train_params: TrainParams, models: list
         "manifests": manifests,
     }
     return json.loads(json.dumps(setup))  # the JSON round trip Optuna's storage applies, so comparisons hold
-
-
-# --- studies --------------------------------------------------------------------------------------------------
-
-@contextmanager
-def _quiet_experimental() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
-
-
-def open_study(url: str, name: str, *, seed: int, pruner: optuna.pruners.BasePruner, heartbeat_s: int,
-               setup: dict[str, Any], points: list[dict[str, Any]]) -> optuna.Study:
-    """Create the study, or load it to continue where a previous (possibly killed) run stopped.
-
-    Trials a killed process left RUNNING stop sending heartbeats and are marked FAIL (here, or by Optuna before
-    each new trial once they are stale), so they are neither counted nor resumed twice. The sampler is seeded
-    from ``seed`` plus the trials already stored: reseeding with ``seed`` alone would replay the first draws and
-    duplicate finished trials.
-    """
-    with _quiet_experimental():
-        storage = optuna.storages.RDBStorage(
-            url, engine_kwargs={"connect_args": {"timeout": 60}}, heartbeat_interval=heartbeat_s
-        )
-    study = optuna.create_study(storage=storage, study_name=name, direction="maximize", pruner=pruner,
-                                load_if_exists=True)
-    recorded = study.user_attrs.get(SETUP_ATTR)
-    if recorded is None:
-        study.set_user_attr(SETUP_ATTR, setup)
-        for point in points:
-            study.enqueue_trial(point)
-    elif recorded != setup:
-        changed = sorted(key for key in set(recorded) | set(setup) if recorded.get(key) != setup.get(key))
-        raise ParamsError(
-            f"tune.study_prefix: study {name!r} in {url} was run with a different {', '.join(changed)}; "
-            "its trials are not comparable: set a new tune.study_prefix (or delete the study) to start afresh"
-        )
-    with _quiet_experimental():
-        optuna.storages.fail_stale_trials(study)
-    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
-    return study
-
-
-def count_states(study: optuna.Study) -> dict[str, int]:
-    counts = {state.name: 0 for state in TrialState}
-    for trial in study.get_trials(deepcopy=False):
-        counts[trial.state.name] += 1
-    return counts
-
-
-def remaining_trials(study: optuna.Study, n_trials: int) -> int:
-    """Trials still to run so the study holds ``n_trials`` finished ones (failed trials do not count)."""
-    return max(0, n_trials - len(study.get_trials(deepcopy=False, states=FINISHED)))
-
-
-def stale_run_ids(study: optuna.Study) -> list[str]:
-    """MLflow runs of failed trials (for instance killed mid-epoch): the caller closes those left RUNNING."""
-    return [trial.user_attrs[RUN_ATTR] for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            if RUN_ATTR in trial.user_attrs]
-
-
-# --- objective ------------------------------------------------------------------------------------------------
-
-class TrialTracker(Protocol):
-    """Receives a trial's life (the stage records it in MLflow); kept out of the objective so it stays testable."""
-
-    def start(self, trial: optuna.Trial, sampled: dict[str, Any]) -> None: ...
-
-    def annotate(self, tags: dict[str, str]) -> None: ...
-
-    def epoch(self, epoch: int, row: dict[str, float]) -> None: ...
-
-    def finish(self, state: str, value: float | None, error: BaseException | None) -> None: ...
-
-
-class NullTracker:
-    def start(self, trial: optuna.Trial, sampled: dict[str, Any]) -> None:
-        pass
-
-    def annotate(self, tags: dict[str, str]) -> None:
-        pass
-
-    def epoch(self, epoch: int, row: dict[str, float]) -> None:
-        pass
-
-    def finish(self, state: str, value: float | None, error: BaseException | None) -> None:
-        pass
-
-
-class ImageCache:
-    """Train/val images decoded once per preprocessing (size, interpolation) and shared by every later trial."""
-
-    def __init__(self, train_manifest: pd.DataFrame, val_manifest: pd.DataFrame, images_dir: Path) -> None:
-        self._manifests = (train_manifest, val_manifest)
-        self._images_dir = images_dir
-        self._sets: dict[tuple[tuple[int, int], str], tuple[ImageSet, ImageSet]] = {}
-
-    def get(self, data_config: DataConfig) -> tuple[ImageSet, ImageSet]:
-        key = (tuple(data_config.input_size), data_config.interpolation)
-        if key not in self._sets:
-            log.info("decoding train/val images at %s (%s)", key[0], key[1])
-            self._sets[key] = tuple(decode_manifest(m, self._images_dir, data_config) for m in self._manifests)
-        return self._sets[key]
-
-    def __len__(self) -> int:
-        return len(self._sets)
-
-
-@dataclass
-class Objective:
-    """One Optuna trial = one call of the pipeline's ``fit`` with sampled train values; returns val macro-F1."""
-
-    train_params: TrainParams
-    tune_params: TuneParams
-    models: list[str]
-    num_classes: int
-    images: ImageCache
-    runtime: Runtime
-    tracker: TrialTracker = field(default_factory=NullTracker)
-    weights_root: Path = Path(".")  # train.weights_files paths are relative to the project root
-
-    def weights_file(self, model_name: str) -> Path | None:
-        relative = self.train_params.weights_files.get(model_name)
-        return None if relative is None else self.weights_root / relative
-
-    def __call__(self, trial: optuna.Trial) -> float:
-        sampled = suggest(trial, self.tune_params.space, self.models)
-        params = trial_train_params(self.train_params, sampled, self.tune_params.max_epochs)
-        self.tracker.start(trial, sampled)
-        state, value, error = TrialState.FAIL.name, None, None
-        try:
-            value = self._train(trial, sampled[MODEL_KEY], params)
-            state = TrialState.COMPLETE.name
-            return value
-        except optuna.TrialPruned:
-            state = TrialState.PRUNED.name
-            raise
-        except BaseException as err:
-            error = err
-            raise
-        finally:
-            self.tracker.finish(state, value, error)
-
-    def _train(self, trial: optuna.Trial, model_name: str, params: TrainParams) -> float:
-        # Same seed for every trial (as the pipeline): differences come from the sampled values, not the draw.
-        generator = seed_everything(params.seed)
-        model, weights = create_classifier(
-            model_name, self.num_classes, weights=params.weights,
-            weights_file=self.weights_file(model_name), allow_fallback=params.allow_random_fallback,
-            image_size=params.image_size,
-        )
-        train_images, val_images = self.images.get(model.data_config)
-        trial.set_user_attr("augment_applied", params.augment)
-        trial.set_user_attr("weights_used", weights.used)
-        self.tracker.annotate({"weights_used": weights.used, "weights_source": weights.source,
-                               "augment_applied": str(params.augment),
-                               "input_size": "x".join(map(str, model.data_config.input_size))})
-
-        def on_epoch(epoch: int, row: dict[str, float]) -> None:
-            self.tracker.epoch(epoch, row)
-            trial.report(row["val_f1_macro"], epoch)
-            if trial.should_prune():
-                trial.set_user_attr("pruned_epoch", epoch)
-                raise optuna.TrialPruned(f"epoch {epoch}: val macro-F1 {row['val_f1_macro']:.4f} below the bar")
-
-        # Frozen-backbone trials train the head on cached features, exactly as the train stage would.
-        result: FitResult = fit_model(model, train_images, val_images, settings_from(params), self.runtime,
-                                      generator, self.num_classes, frozen_backbone=params.freeze_backbone,
-                                      on_epoch=on_epoch)
-        for key, value in (("best_epoch", result.best_epoch), ("epochs_run", result.epochs_run),
-                           ("fit_seconds", round(result.fit_seconds, 3))):
-            trial.set_user_attr(key, value)
-        # The F1 of the weights the pipeline would keep (best validation loss), not the luckiest epoch's.
-        return float(result.best["val_f1_macro"])
-
-
-def run_study(study: optuna.Study, objective: Objective, n_trials: int, timeout_s: float | None) -> int:
-    """Run the trials still missing; returns how many were started. Training errors fail one trial, not all."""
-    remaining = remaining_trials(study, n_trials)
-    if remaining == 0:
-        log.info("study %s already holds %d finished trials", study.study_name, n_trials)
-        return 0
-    before = _started(study)
-    study.optimize(objective, n_trials=remaining, timeout=timeout_s, catch=(RuntimeError,), gc_after_trial=True)
-    return _started(study) - before
-
-
-def _started(study: optuna.Study) -> int:
-    return sum(trial.state != TrialState.WAITING for trial in study.get_trials(deepcopy=False))
 
 
 # --- results --------------------------------------------------------------------------------------------------

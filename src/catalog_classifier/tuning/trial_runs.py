@@ -1,19 +1,22 @@
-"""Tuning seen in MLflow: one parent run per study (resumed with the study), a nested run per trial, and the runs
-of trials a killed process left behind closed as KILLED. Optuna's storage is the record; these runs are the view.
+"""Tuning seen in MLflow: one parent run per study, shared by every worker and resumed with the study, a nested run
+per trial, and the runs of trials a killed worker left behind closed as KILLED. Optuna's storage is the record;
+these runs are the view.
+
+The parent run is created once, under the storage lock (see :func:`catalog_classifier.tuning.study.open_study`),
+and its id kept in a study user attribute, so workers on other machines nest their trials under the same run.
+No worker owns it: each one logs to it by id, and whoever leaves the study with no trial running closes it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import optuna
 
 from catalog_classifier.config.layout import Project
 from catalog_classifier.registry.tracking import data_version, flatten, git_tags
-from catalog_classifier.tuning.study import RUN_ATTR, stale_run_ids
+from catalog_classifier.tuning.shared import RUN_ATTR, running_trials, stale_run_ids
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +28,13 @@ class MlflowTrialTracker:
     """Each trial as a run nested under the study's parent run: sampled params, per-epoch metrics, final state."""
 
     def __init__(self, experiment_id: str, parent_run_id: str, study: str, family: str,
-                 fixed_params: dict[str, Any]) -> None:
+                 fixed_params: dict[str, Any], worker: int | None = None) -> None:
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.study = study
         self.family = family
         self.fixed_params = fixed_params
+        self.worker = worker
 
     def start(self, trial: optuna.Trial, sampled: dict[str, Any]) -> None:
         import mlflow
@@ -39,7 +43,8 @@ class MlflowTrialTracker:
             experiment_id=self.experiment_id, run_name=f"{self.study}-trial-{trial.number:03d}", nested=True,
             parent_run_id=self.parent_run_id,
             tags={"optuna.study_name": self.study, "optuna.trial_number": str(trial.number),
-                  "family": self.family, "model": sampled["model"], "stage": "tune", STATE_TAG: "RUNNING"},
+                  "family": self.family, "model": sampled["model"], "stage": "tune", STATE_TAG: "RUNNING",
+                  "optuna.worker": str(self.worker)},
         )
         trial.set_user_attr(RUN_ATTR, run.info.run_id)
         mlflow.log_params({**sampled, **self.fixed_params})
@@ -88,46 +93,56 @@ def close_stale_runs(study: optuna.Study) -> int:
     return closed
 
 
-def _existing_run(run_id: str | None) -> bool:
+def _existing_run(run_id: str | None) -> Any:
+    """The run (None when missing or deleted): a parent deleted in the UI is replaced, not resumed."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     if not run_id:
-        return False
+        return None
     try:
-        return MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
+        run = MlflowClient().get_run(run_id)
     except MlflowException:
-        return False
+        return None
+    return run if run.info.lifecycle_stage == "active" else None
 
 
-@contextmanager
-def parent_run(project: Project, study: optuna.Study, experiment_id: str, family: str,
-               models: list[str]) -> Iterator[str]:
-    """The study's one parent run: created with the study, resumed (same run id) when the study is resumed."""
-    import mlflow
+def ensure_parent_run(project: Project, study: optuna.Study, experiment_id: str, family: str, models: list[str],
+                      storage: str) -> str:
+    """The study's one parent run: created with the study, reopened (same run id) by every later worker.
 
+    Called under the storage lock, so two workers opening a new study at the same moment create one run.
+    ``storage`` is the storage URL as shown to people (password masked).
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    client = MlflowClient()
     run_id = study.user_attrs.get(PARENT_ATTR)
-    if _existing_run(run_id):
-        mlflow.start_run(run_id=run_id)
-        log.info("resuming MLflow parent run %s of study %s", run_id, study.study_name)
-    else:
-        tune_params = project.params.tune
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=study.study_name, tags={
-            "optuna.study_name": study.study_name, "optuna.storage": str(project.tune_storage()),
-            "family": family, "stage": "tune", **git_tags(project.root),
-            "data_version": data_version(project.root)})
-        run_id = run.info.run_id
-        study.set_user_attr(PARENT_ATTR, run_id)
-        mlflow.log_params({**flatten("space", tune_params.space.model_dump(mode="json")),
-                           "candidates": ",".join(models), "max_epochs": tune_params.max_epochs,
-                           "pruner": tune_params.pruner.type, "seed": tune_params.seed,
-                           "image_size": project.params.train.image_size, "weights": project.params.train.weights})
-    try:
-        yield run_id
-    except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
-        raise
-    except BaseException:
-        mlflow.end_run("FAILED")
-        raise
-    mlflow.end_run("FINISHED")
+    existing = _existing_run(run_id)
+    if existing is not None:
+        if existing.info.status != "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        log.info("MLflow parent run %s of study %s", run_id, study.study_name)
+        return run_id
+    tune_params = project.params.tune
+    run = client.create_run(experiment_id, run_name=study.study_name, tags={
+        "optuna.study_name": study.study_name, "optuna.storage": storage, "family": family, "stage": "tune",
+        **git_tags(project.root), "data_version": data_version(project.root)})
+    params = {**flatten("space", tune_params.space.model_dump(mode="json")), "candidates": ",".join(models),
+              "max_epochs": tune_params.max_epochs, "pruner": tune_params.pruner.type, "seed": tune_params.seed,
+              "image_size": project.params.train.image_size, "weights": project.params.train.weights}
+    client.log_batch(run.info.run_id, params=[Param(key, str(value)) for key, value in params.items()])
+    study.set_user_attr(PARENT_ATTR, run.info.run_id)
+    log.info("created MLflow parent run %s for study %s", run.info.run_id, study.study_name)
+    return run.info.run_id
+
+
+def close_parent_run(study: optuna.Study, run_id: str, status: str) -> bool:
+    """End the parent run with ``status`` unless another worker still runs a trial (the last one out closes it)."""
+    from mlflow import MlflowClient
+
+    if running_trials(study):
+        return False
+    MlflowClient().set_terminated(run_id, status)
+    return True
