@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
 .PHONY: help install data browser postgres run report test lint ui tune serve bench pipeline-flow prefect-server \
-	retrain-schedule clean-venv
+	retrain-schedule clean-venv bench-tune
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  make %-18s %s\n", $$1, $$2}'
@@ -59,7 +59,6 @@ bench: data ## speed: training/inference vs a naive loop and the matmul peak (BE
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro split
 	$(BIN)/catalog-classifier bench $(BENCH_ARGS)
 
-.PHONY: bench-tune
 bench-tune: data postgres ## tuning trials/hour with 1..N workers, Optuna storage cost per trial: sqlite vs PostgreSQL
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro split
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/catalog-classifier bench-tune $(BENCH_ARGS)

@@ -328,6 +328,7 @@ class TuneBenchParams(_Strict):
     max_epochs: int = Field(gt=0)
     n_trials: int = Field(gt=0)  # finished trials of each timed study
     workers: list[int] = Field(min_length=1)  # one timed study per entry
+    threads_per_worker: int | None = Field(default=None, gt=0)  # null: cores // workers (the machine shared evenly)
     storage_trials: int = Field(gt=0)  # trivial-objective trials per storage for the overhead figure
     storage_reports: int = Field(ge=0)  # intermediate values reported per trivial trial (epochs of a real one)
 

@@ -4,7 +4,7 @@ Throughput: for each entry of ``tune.bench.workers``, a new study of the fixed t
 ``tune.bench`` (one model, fine-tuning only, no pruning, the real train/val split) is run to
 ``tune.bench.n_trials`` finished trials by ``catalog-classifier tune --workers W``, timed from the command's start
 (process start-up and image decoding included: a user pays them) and over the trials themselves. Each worker gets
-``cores // W`` threads, so one worker is not handicapped against two.
+``cores // W`` threads (so one worker is not handicapped against two), or ``tune.bench.threads_per_worker``.
 Storage: ``tune.bench.storage_trials`` trivial trials on a sqlite file and on PostgreSQL
 (:mod:`catalog_classifier.tuning.storage_bench`).
 PostgreSQL is the one given (``--postgres-url``) or a temporary cluster of the project's own (Debian's binaries).
@@ -97,7 +97,7 @@ def _postgres(url: str | None, scratch: Path) -> Iterator[str]:
 def _timed_study(project: Project, worker_args: list[str], url: str, workers: int, scratch: Path) -> dict[str, Any]:
     bench = project.params.tune.bench
     prefix = f"bench-w{workers}-{uuid.uuid4().hex[:6]}"
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = bench.threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
     overrides = {
         "tune.families": f"{{{FAMILY}: [{bench.model}]}}", "tune.study_prefix": prefix,
         "tune.out_dir": str(scratch / prefix), "tune.max_epochs": bench.max_epochs, "tune.baseline": "false",
