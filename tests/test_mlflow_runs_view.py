@@ -115,6 +115,24 @@ def test_the_experiment_is_marked_as_model_training(tracked: TrackedRun) -> None
     assert experiment.tags[EXPERIMENT_KIND_TAG] == TRAINING_EXPERIMENT_KIND == "custom_model_development"
 
 
+def test_setup_marks_the_tuning_experiment_and_one_made_before_the_tag(tmp_path: Path) -> None:
+    from conftest import REPO
+
+    from catalog_classifier.registry.tracking import setup_mlflow
+
+    params = Project.load(REPO / "params.yaml").params
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=store)
+    older = client.create_experiment(params.mlflow.experiment)  # as a store from before this tag has it
+    assert EXPERIMENT_KIND_TAG not in client.get_experiment(older).tags
+    for name in (params.mlflow.experiment, params.tune.experiment):
+        settings = params.mlflow.model_copy(update={"tracking_uri": store, "experiment": name,
+                                                    "artifact_root": tmp_path / "artifacts"})
+        experiment_id = setup_mlflow(settings, tmp_path)
+        assert client.get_experiment(experiment_id).tags[EXPERIMENT_KIND_TAG] == TRAINING_EXPERIMENT_KIND
+    assert client.get_experiment_by_name(params.mlflow.experiment).experiment_id == older
+
+
 def test_the_training_run_carries_system_metrics(tracked: TrackedRun) -> None:
     client = mlflow.MlflowClient(tracking_uri=tracked.store)
     metrics = client.get_run(tracked.run_id).data.metrics
