@@ -67,6 +67,8 @@ lint: $(STAMP) ## ruff
 	$(BIN)/ruff check src tests flows
 
 ui: $(STAMP) ## MLflow UI on 127.0.0.1:$(MLFLOW_PORT) over the project's store
+	@echo "Experiments open on their training runs with the sidebar switch on 'Model training', or at"
+	@echo "http://127.0.0.1:$(MLFLOW_PORT)/#/experiments/<id>?workflowType=machine_learning"
 	$(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
 		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlruns/artifacts

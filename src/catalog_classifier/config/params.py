@@ -251,6 +251,12 @@ class MlflowParams(_Strict):
     tracking_uri: str
     artifact_root: Path
     experiment: str
+    # Runs show the split manifests as datasets named <dataset_name>-train, -val, -test.
+    dataset_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    # MLflow's own system metrics (CPU, memory, disk, network) on training runs, one sample every this many
+    # seconds; null turns them off. Each logged point is the mean of system_metrics_samples samples.
+    system_metrics_interval_s: float | None = Field(gt=0)
+    system_metrics_samples: int = Field(ge=1)
 
 
 class FloatRange(_Strict):

@@ -18,6 +18,9 @@ from catalog_classifier.ops.gitstate import dirty_files_text, git_state
 log = logging.getLogger(__name__)
 
 SERVER_PROBE_TIMEOUT_S = 5.0
+# MLflow 3's experiment type (the tag its UI writes when a user picks one): this project trains models.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_EXPERIMENT_KIND = "custom_model_development"
 
 
 class TrackingUnavailable(RuntimeError):
@@ -69,13 +72,15 @@ def setup_mlflow(mlflow_params: MlflowParams, project_root: Path) -> str:
     if experiment is None:
         try:
             return mlflow.create_experiment(
-                mlflow_params.experiment, artifact_location=artifact_location(mlflow_params, project_root)
+                mlflow_params.experiment, artifact_location=artifact_location(mlflow_params, project_root),
+                tags={EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND},
             )
         except mlflow.exceptions.MlflowException:
             # Another process created it between our lookup and create.
             experiment = mlflow.get_experiment_by_name(mlflow_params.experiment)
             if experiment is None:
                 raise
+    mark_training_experiment(experiment.experiment_id, experiment.tags)
     return experiment.experiment_id
 
 
@@ -119,3 +124,34 @@ def flatten(prefix: str, tree: dict[str, Any]) -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def mark_training_experiment(experiment_id: str, tags: dict[str, str]) -> None:
+    """Tag the experiment as model training (MLflow 3's ``mlflow.experimentKind``), once, for stores made earlier.
+
+    What MLflow 3.17's UI opens on is its own GenAI / Model training switch (per browser), not this tag; the links
+    from :func:`training_runs_url` carry the switch. The tag records the kind for the API and the UIs that read it.
+    """
+    import mlflow
+
+    if tags.get(EXPERIMENT_KIND_TAG) != TRAINING_EXPERIMENT_KIND:
+        mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT_KIND)
+
+
+def training_runs_url(server_url: str, experiment_id: str) -> str:
+    """A link that opens the experiment on its training runs in MLflow 3.17's UI (whatever the browser's switch)."""
+    return f"{server_url.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def start_system_metrics(mlflow_params: MlflowParams) -> bool:
+    """Whether the next ``mlflow.start_run`` should log system metrics, with MLflow's sampling set from params.
+
+    MLflow's monitor reads both from its environment variables, which these setters write for this process.
+    """
+    import mlflow
+
+    if mlflow_params.system_metrics_interval_s is None:
+        return False
+    mlflow.set_system_metrics_sampling_interval(mlflow_params.system_metrics_interval_s)
+    mlflow.set_system_metrics_samples_before_logging(mlflow_params.system_metrics_samples)
+    return True

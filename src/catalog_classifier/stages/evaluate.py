@@ -10,6 +10,7 @@ from catalog_classifier.config.layout import Project
 from catalog_classifier.modeling.autolabel import autolabel_line, autolabel_metrics
 from catalog_classifier.modeling.model_evaluation import class_report_markdown, evaluate_model
 from catalog_classifier.ops.io import read_json, write_csv, write_json, write_text
+from catalog_classifier.registry.datasets import log_split_inputs
 from catalog_classifier.registry.tracking import metric_key, setup_mlflow
 
 
@@ -33,6 +34,7 @@ def run_evaluate(project: Project, model_name: str) -> dict[str, Any]:
     run_id = read_json(project.run_record(model_name))["run_id"]
     setup_mlflow(params.mlflow, project.root)
     with mlflow.start_run(run_id=run_id):
+        log_split_inputs(project, ("test",))  # train and val were logged by the train stage
         mlflow.log_metrics({
             "val/f1_macro_final": results["val"]["f1_macro"], "val/accuracy": results["val"]["accuracy"],
             "test/f1_macro": results["test"]["f1_macro"], "test/accuracy": results["test"]["accuracy"],

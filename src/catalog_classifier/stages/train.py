@@ -20,7 +20,8 @@ from catalog_classifier.modeling.models import save_classifier
 from catalog_classifier.modeling.training import history_columns
 from catalog_classifier.ops.io import read_json, write_csv, write_json
 from catalog_classifier.ops.runtime import runtime_facts
-from catalog_classifier.registry.tracking import data_version, flatten, git_tags, setup_mlflow
+from catalog_classifier.registry.datasets import log_split_inputs
+from catalog_classifier.registry.tracking import data_version, flatten, git_tags, setup_mlflow, start_system_metrics
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,10 @@ def run_train(project: Project, model_name: str) -> dict[str, Any]:
     log.info("%s: %d params, input %s, weights %s (%s), threads=%d bf16=%s channels_last=%s",
              model_name, job.n_params, job.model.data_config.input_size, job.weights.used, job.weights.source,
              job.runtime.threads, job.runtime.bf16, job.runtime.channels_last)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{model_name}",
-                          tags=_run_tags(project, job)) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{model_name}", tags=_run_tags(project, job),
+                          log_system_metrics=start_system_metrics(params.mlflow)) as run:
         mlflow.log_params(_run_params(project, job))
+        log_split_inputs(project, ("train", "val"))
         quality = read_json(project.quality_report())
         mlflow.log_metrics({"data/rows": quality["rows"], "data/usable_images": quality["usable_images"],
                             "data/train_images": len(job.train_images), "data/val_images": len(job.val_images)})
