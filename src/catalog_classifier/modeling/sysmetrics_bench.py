@@ -12,7 +12,7 @@
    it does after every sample, the batch write) timed in a loop. Cost per sample / interval bounds the share of
    one core it takes.
 
-    python benchmarks/system_metrics_overhead.py --out artifacts/bench/system_metrics.json
+    python -m catalog_classifier.modeling.sysmetrics_bench --out artifacts/bench/system_metrics.json
 """
 
 from __future__ import annotations
