@@ -121,7 +121,9 @@ def register_challenger(client: MlflowClient, name: str, model_uri: str, run_id:
     """A new version of the registered model, given the ``challenger`` alias (moved from the previous one)."""
     ensure_registered_model(client, name, "Product-photo classifier; alias champion serves, challenger is the "
                                           "latest candidate. Versions carry the gate's decision in tags.")
-    version = client.create_model_version(name=name, source=model_uri, run_id=run_id, tags=tags)
+    # A logged model (models:/m-...) must be named by its id too: a tracking server refuses the source otherwise.
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    version = client.create_model_version(name=name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     return version
 
