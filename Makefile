@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
 .PHONY: help install data browser postgres run report test lint ui tune serve bench pipeline-flow prefect-server \
-	retrain-schedule clean-venv bench-tune
+	retrain-schedule stack stack-down stack-status deploy bench-stack bench-tune clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  make %-18s %s\n", $$1, $$2}'
@@ -83,6 +83,26 @@ retrain-schedule: $(STAMP) ## serve the scheduled-retraining deployment (cron in
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m flows.retrain serve
 serve: $(STAMP) ## serve the registry's champion on 127.0.0.1:$(SERVE_PORT) (mlflow models serve, offline)
 	$(BIN)/catalog-classifier serve --host 127.0.0.1 --port $(SERVE_PORT)
+
+# The team stack (params.yaml stack:, docs/scaling-out.md). Ports: params, or STACK_PG_PORT / STACK_MLFLOW_PORT /
+# STACK_PREFECT_PORT on the command line or in the environment; a started stack keeps them until make stack-down.
+STACK_SET = $(if $(STACK_PG_PORT),--set stack.postgres_port=$(STACK_PG_PORT)) \
+	$(if $(STACK_MLFLOW_PORT),--set stack.mlflow_port=$(STACK_MLFLOW_PORT)) \
+	$(if $(STACK_PREFECT_PORT),--set orchestration.server_port=$(STACK_PREFECT_PORT))
+stack: $(STAMP) postgres ## start PostgreSQL, MLflow + Prefect servers on it, a process work pool and a worker (.stack/)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/catalog-classifier stack up $(STACK_SET)
+
+stack-down: $(STAMP) ## stop every process of the stack (its data stays in .stack/)
+	$(BIN)/catalog-classifier stack down
+
+stack-status: $(STAMP) ## what of the stack runs and answers (exit 3 when a part is down)
+	$(BIN)/catalog-classifier stack status
+
+deploy: $(STAMP) ## register prefect.yaml's deployments (pipeline, scheduled retraining, tune) on the stack's work pool
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/catalog-classifier stack deploy
+
+bench-stack: $(STAMP) ## MLflow log_batch latency: the stack's server on PostgreSQL vs local sqlite (needs make stack)
+	$(BIN)/catalog-classifier bench-stack
 
 clean-venv: ## remove .venv
 	rm -rf $(VENV)

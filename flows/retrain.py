@@ -5,6 +5,10 @@ the current champion came from) and stops with the reason in the logs when nothi
 the pipeline flow, whose ``promote`` stage is the only way a model reaches the registry (the gate decides),
 and pushes the outputs to the default DVC remote when that remote is writable.
 
+Run by a deployment (``make deploy``), a run first looks for a later run of the same deployment that is also due
+already: when no worker was up for a while, the scheduled runs pile up as Late and start together once one is.
+Only the newest of them retrains; the others end at once, skipped, naming the run that supersedes them.
+
     python -m flows.retrain server   # make prefect-server: a Prefect server (API + UI) on the host/port of params
     python -m flows.retrain serve    # make retrain-schedule: serve the deployment with the cron of params
     python -m flows.retrain run      # one retraining run now
@@ -17,9 +21,12 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -33,6 +40,60 @@ from flows.pipeline import pipeline, prefect_api, project_root
 
 RETRAIN_ARTIFACT = "retraining"
 FLOW_NAME = "scheduled-retraining"
+
+
+# A later run in one of these states does (or did) the retraining this one would do; a cancelled, failed or
+# crashed one does not, so an earlier due run still goes ahead then.
+TAKES_OVER = frozenset({"SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "PAUSED"})
+
+
+@dataclass(frozen=True)
+class ScheduledRun:
+    """What the backlog rule needs of a flow run: its id, name, when it was due, and its state type."""
+
+    id: str
+    name: str
+    expected_start: datetime
+    state: str
+
+    def describe(self) -> str:
+        return f"run '{self.name}' ({self.id}, due {self.expected_start.isoformat(timespec='seconds')}, {self.state})"
+
+
+def newer_due_run(mine: ScheduledRun, others: Iterable[ScheduledRun], now: datetime) -> ScheduledRun | None:
+    """The newest run of the same deployment that is due by ``now`` and later than ``mine`` (ties: by id), if any
+    is still going to do the work. Whatever order the backlog starts in, exactly one run finds none: the newest."""
+    later = [run for run in others
+             if run.id != mine.id and run.state in TAKES_OVER and run.expected_start <= now
+             and (run.expected_start, run.id) > (mine.expected_start, mine.id)]
+    return max(later, key=lambda run: (run.expected_start, run.id), default=None)
+
+
+def _scheduled(flow_run: Any) -> ScheduledRun:
+    state = flow_run.state.type.value if flow_run.state else "SCHEDULED"
+    return ScheduledRun(str(flow_run.id), flow_run.name, flow_run.expected_start_time, state)
+
+
+@task(name="check-backlog", task_run_name="check-backlog", cache_policy=NO_CACHE)
+def check_backlog(flow_run_id: str, deployment_id: str) -> str | None:
+    """A later run of this deployment that is due already (the newest of a backlog of Late runs) supersedes this
+    one; returns it described, or None when this run is the one to retrain."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterDeploymentId,
+        FlowRunFilterExpectedStartTime,
+    )
+
+    with get_client(sync_client=True) as client:
+        mine = client.read_flow_run(UUID(flow_run_id))
+        candidates = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=[UUID(deployment_id)]),
+            expected_start_time=FlowRunFilterExpectedStartTime(after_=mine.expected_start_time)), limit=200)
+    newer = newer_due_run(_scheduled(mine), [_scheduled(run) for run in candidates], datetime.now(UTC))
+    get_run_logger().info("backlog: %s", f"superseded by {newer.describe()}" if newer else
+                          "no later run of this deployment is due: this run goes ahead")
+    return newer.describe() if newer else None
 
 
 @task(name="pull-newest-data", task_run_name="pull-newest-data", cache_policy=NO_CACHE)
@@ -85,8 +146,16 @@ def _report(status: str, reason: str, lines: list[str]) -> str:
 @flow(name=FLOW_NAME, flow_run_name="retrain force={force}")
 def retrain(project_dir: str | None = None, force: bool = False) -> dict[str, Any]:
     """Retrain when data, params or code changed since the last reproduction; skip with the reason otherwise."""
+    from prefect.runtime import deployment, flow_run
+
     root = project_root(project_dir)
     logger = get_run_logger()
+    if deployment.id and (newer := check_backlog(str(flow_run.id), str(deployment.id))):
+        reason = (f"skipped: superseded by {newer}, also due now (a backlog of scheduled runs that waited for a "
+                  "worker): only the newest of them retrains")
+        logger.info("%s", reason)
+        create_markdown_artifact(markdown=_report("skipped", reason, []), key=RETRAIN_ARTIFACT)
+        return {"status": "skipped", "reason": reason, "superseded_by": newer}
     params = load_params(root / PARAMS_FILE)
     orchestration = params.orchestration
     # A remote that does not answer is the typical transient failure here: same retries as the stages.

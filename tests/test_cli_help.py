@@ -11,7 +11,8 @@ from conftest import REPO
 
 from catalog_classifier.cli import build_parser, main
 
-ACTIONS = {"tune", "tune-overrides", "rollback", "predict", "serve", "bench", "bench-tune", "check-data", "spread"}
+ACTIONS = {"tune", "tune-overrides", "rollback", "predict", "serve", "bench", "bench-tune", "check-data", "spread",
+           "stack", "bench-stack"}
 
 
 def dvc_stages() -> dict[str, dict]:

@@ -237,6 +237,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stack(args: argparse.Namespace) -> int:
+    from catalog_classifier.stages.stack import STACK_ERRORS, run_stack
+
+    try:
+        return run_stack(_project(args), args.action)
+    except STACK_ERRORS as err:  # a port taken, a service that would not start: one message, exit 2
+        print(f"catalog-classifier stack {args.action}: error: {str(err).rstrip()}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def cmd_bench_stack(args: argparse.Namespace) -> int:
+    from catalog_classifier.stages.stack import STACK_ERRORS, run_bench_stack
+
+    try:
+        run_bench_stack(_project(args))
+    except STACK_ERRORS as err:
+        print(f"catalog-classifier bench-stack: error: {str(err).rstrip()}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
 def cmd_spread(args: argparse.Namespace) -> int:
     from catalog_classifier.stages.spread import run_spread
 
@@ -355,6 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("bench", cmd_bench, "speed: training and inference against a naive loop and the machine's peak "
         "(JSON in bench.out_dir, MLflow run 'bench')").add_argument(
         "--quick", action="store_true", help="a few images and steps, no compile: a smoke run, not a measurement")
+    add("stack", cmd_stack, "the team stack on this machine (PostgreSQL, MLflow and Prefect servers, a work pool "
+        "and a worker): start, stop, status, client environment, register prefect.yaml's deployments").add_argument(
+        "action", choices=["up", "down", "status", "env", "deploy"],
+        help="up: start what is not running; down: stop everything; status: exit 3 when a part is down; env: export "
+             "lines for a shell (eval \"$(catalog-classifier stack env)\"); deploy: prefect deploy --all")
+    add("bench-stack", cmd_bench_stack, "MLflow log_batch latency on the running stack (server on PostgreSQL) against "
+        "a local sqlite store (JSON in bench.out_dir)")
     check = add("check-data", cmd_check_data, "print the data-quality report for any data folder")
     check.add_argument("path", help="data folder holding the catalogue CSV and the images folder")
     check.add_argument("--catalogue",

@@ -238,6 +238,10 @@ class BenchParams(_Strict):
     predict_images: int = Field(gt=0)
     predict_target_img_s: float = Field(gt=0)
     seed: int
+    # make bench-stack: MLflow log_batch latency, the stack's server on PostgreSQL against a local sqlite store
+    stack_log_calls: int = Field(ge=2)
+    stack_log_metrics: int = Field(ge=1)
+    stack_log_warmup: int = Field(ge=0)
 
     @field_validator("inference_batch_sizes")
     @classmethod
@@ -437,6 +441,34 @@ class OrchestrationParams(_Strict):
     def api_url(self) -> str:
         return f"http://{self.server_host}:{self.server_port}/api"
 
+class StackParams(_Strict):
+    """``make stack``: the team setup on one machine (PostgreSQL, an MLflow server on it, a Prefect server on it, a
+    ``process`` work pool and one worker). The Prefect server listens on ``orchestration.server_host/server_port``,
+    where the flows already look for one."""
+
+    dir: Path  # databases, artifacts, logs, pid files (relative: to the project root)
+    host: str = Field(min_length=1)  # PostgreSQL and MLflow listen here
+    postgres_port: int = Field(gt=0, lt=65536)
+    mlflow_port: int = Field(gt=0, lt=65536)
+    mlflow_workers: int = Field(ge=1)  # uvicorn workers of the MLflow server
+    work_pool: str = Field(min_length=1)
+    worker_name: str = Field(min_length=1)
+    startup_timeout_s: float = Field(gt=0)  # per service: a cold Prefect server on 2 busy cores is slow
+    # Exported to MLflow clients (stack env, the worker): a server whose database is down answers 500, which MLflow
+    # retries with exponential back-off (7 tries, ~4 minutes by default); these bound that wait.
+    mlflow_http_retries: int = Field(ge=0)
+    mlflow_http_timeout_s: int = Field(gt=0)
+    repository: str | None  # git URL the deployments clone; null: this clone itself (file://<project root>)
+    branch: str | None  # branch the deployments run; null: the branch checked out when `make deploy` runs
+
+    @field_validator("host")
+    @classmethod
+    def _no_scheme(cls, host: str) -> str:
+        if "/" in host or ":" in host:
+            raise ValueError(f"{host!r}: a host name or IPv4 address, without scheme or port")
+        return host
+
+
 class RegistryParams(_Strict):
     """Promotion rule and registry location: which registered model, and what a challenger must prove."""
 
@@ -498,6 +530,8 @@ class Params(_Strict):
 
     orchestration: OrchestrationParams
 
+    stack: StackParams
+
     registry: RegistryParams
 
     bench: BenchParams
@@ -515,6 +549,14 @@ class Params(_Strict):
         if len(set(models)) != len(models):
             raise ValueError("model names must be unique")
         return models
+
+    @model_validator(mode="after")
+    def _stack_ports_distinct(self) -> Params:
+        ports = {"stack.postgres_port": self.stack.postgres_port, "stack.mlflow_port": self.stack.mlflow_port,
+                 "orchestration.server_port": self.orchestration.server_port}
+        if len(set(ports.values())) != len(ports):
+            raise ValueError(f"the stack's ports must differ: {', '.join(f'{k}={v}' for k, v in ports.items())}")
+        return self
 
     @model_validator(mode="after")
     def _weights_files_name_models(self) -> Params:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -44,17 +45,47 @@ def artifact_location(mlflow_params: MlflowParams, project_root: Path) -> str:
 
 
 def check_server(uri: str) -> None:
-    """Fail fast with a clear message when an HTTP tracking server is not answering."""
+    """Fail fast with one clear line when an HTTP tracking server is not answering, or answers but cannot reach its
+    database (a server on PostgreSQL whose database is down answers 500 to every call, which MLflow's client
+    retries for minutes): one plain request each, a short timeout, no retries."""
     if not uri.startswith(("http://", "https://")):
         return
+    base = uri.rstrip("/")
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_PROBE_TIMEOUT_S):
+        with urllib.request.urlopen(f"{base}/health", timeout=SERVER_PROBE_TIMEOUT_S):
             pass
     except (urllib.error.URLError, OSError) as err:
         raise TrackingUnavailable(
             f"MLflow tracking server {uri} is unreachable ({getattr(err, 'reason', err)}); "
             "start it (make ui) or unset MLFLOW_TRACKING_URI to use the local store"
         ) from None
+    # /health does not touch the backend store: one cheap read that does.
+    probe = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search", method="POST",
+                                   data=json.dumps({"max_results": 1}).encode(),
+                                   headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(probe, timeout=SERVER_PROBE_TIMEOUT_S):
+            pass
+    except urllib.error.HTTPError as err:
+        if err.code < 500:
+            return  # an auth or proxy answer is the real call's to report
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} answers but its backend store does not (HTTP {err.code}: "
+            f"{_error_message(err)}); is its database up? (make stack-status)") from None
+    except (urllib.error.URLError, OSError) as err:
+        raise TrackingUnavailable(f"MLflow tracking server {uri} did not answer a store read within "
+                                  f"{SERVER_PROBE_TIMEOUT_S:.0f} s ({getattr(err, 'reason', err)})") from None
+
+
+def _error_message(err: urllib.error.HTTPError, limit: int = 160) -> str:
+    """The first line of an MLflow error answer (its JSON ``message``), shortened."""
+    try:
+        body = err.read().decode("utf-8", errors="replace")
+        message = str(json.loads(body).get("message", body))
+    except (OSError, ValueError, AttributeError):
+        message = str(err.reason)
+    first = message.strip().splitlines()[0] if message.strip() else str(err.reason)
+    return first if len(first) <= limit else first[:limit - 1] + "…"
 
 
 def setup_mlflow(mlflow_params: MlflowParams, project_root: Path) -> str:
@@ -70,9 +101,12 @@ def setup_mlflow(mlflow_params: MlflowParams, project_root: Path) -> str:
     mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
     experiment = mlflow.get_experiment_by_name(mlflow_params.experiment)
     if experiment is None:
+        # A tracking server stores artifacts where it was told to (proxied: clients upload through it); a path on
+        # this machine would mean nothing to the server nor to the other clients.
+        location = None if uri.startswith(("http://", "https://")) else artifact_location(mlflow_params, project_root)
         try:
             return mlflow.create_experiment(
-                mlflow_params.experiment, artifact_location=artifact_location(mlflow_params, project_root),
+                mlflow_params.experiment, artifact_location=location,
                 tags={EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND},
             )
         except mlflow.exceptions.MlflowException:

@@ -1,0 +1,243 @@
+"""What the team stack is made of, decided from params alone: directories, commands, environments and URLs.
+
+Nothing here starts a process (see ``lifecycle``). One folder (``stack.dir``) holds everything the stack writes:
+
+    <dir>/postgres/            the PostgreSQL cluster (data, log, password file; ops/postgres.py)
+    <dir>/mlflow/artifacts/    MLflow's proxied artifact store (clients upload through the server)
+    <dir>/prefect/             PREFECT_HOME of the Prefect server
+    <dir>/worker/              PREFECT_HOME of the worker (its flow runs start in temporary folders)
+    <dir>/logs/<service>.log   <dir>/run/<service>.pid   <dir>/stack.json (the settings of the stack started last)
+
+Clients need only the URLs (``client_env``): MLflow's artifacts go through its server, Prefect's through its API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from catalog_classifier.config.params import Params
+from catalog_classifier.ops import dvc_ops
+from catalog_classifier.ops.postgres import USER, PostgresCluster
+from catalog_classifier.ops.services import Service
+
+MLFLOW_DATABASE = "mlflow"
+PREFECT_DATABASE = "prefect"
+OPTUNA_DATABASE = "optuna"  # for studies shared by several tuning workers (tune.storage)
+SERVICES = ("mlflow", "prefect-server", "worker")
+STATE_FILE = "stack.json"
+# Inherited variables that would point a service at another store or server than the stack's own.
+_FOREIGN_PREFIXES = ("PREFECT_", "MLFLOW_")
+
+
+class StackConfigError(ValueError):
+    """The stack cannot be composed as configured (no branch checked out, no DVC remote, ...)."""
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    """The stack's settings, resolved: every path absolute, every port and name final."""
+
+    project_root: Path
+    dir: Path
+    host: str
+    postgres_port: int
+    mlflow_port: int
+    prefect_host: str
+    prefect_port: int
+    mlflow_workers: int
+    work_pool: str
+    worker_name: str
+    startup_timeout_s: float
+    mlflow_http_retries: int
+    mlflow_http_timeout_s: int
+
+    @classmethod
+    def from_params(cls, params: Params, project_root: Path) -> StackPlan:
+        stack = params.stack
+        directory = stack.dir if stack.dir.is_absolute() else project_root / stack.dir
+        return cls(project_root=project_root.resolve(), dir=directory.resolve(), host=stack.host,
+                   postgres_port=stack.postgres_port, mlflow_port=stack.mlflow_port,
+                   prefect_host=params.orchestration.server_host, prefect_port=params.orchestration.server_port,
+                   mlflow_workers=stack.mlflow_workers, work_pool=stack.work_pool, worker_name=stack.worker_name,
+                   startup_timeout_s=stack.startup_timeout_s, mlflow_http_retries=stack.mlflow_http_retries,
+                   mlflow_http_timeout_s=stack.mlflow_http_timeout_s)
+
+    # ---------------------------------------------------------------- where things live
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / STATE_FILE
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.dir / "mlflow" / "artifacts"
+
+    def service(self, name: str) -> Service:
+        if name not in SERVICES:
+            raise KeyError(f"unknown stack service {name!r} (one of {', '.join(SERVICES)})")
+        return Service(name, self.dir / "run" / f"{name}.pid", self.dir / "logs" / f"{name}.log")
+
+    def cluster(self) -> PostgresCluster:
+        return PostgresCluster(self.dir / "postgres", self.postgres_port, host=_client_host(self.host))
+
+    # ---------------------------------------------------------------- URLs
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{_client_host(self.host)}:{self.mlflow_port}"
+
+    @property
+    def prefect_api_url(self) -> str:
+        return f"http://{_client_host(self.prefect_host)}:{self.prefect_port}/api"
+
+    @property
+    def prefect_ui_url(self) -> str:
+        return self.prefect_api_url.removesuffix("/api")
+
+    def health_url(self, name: str) -> str | None:
+        return {"mlflow": f"{self.mlflow_url}/health", "prefect-server": f"{self.prefect_api_url}/health"}.get(name)
+
+    def listens_on(self, name: str) -> tuple[str, int] | None:
+        return {"mlflow": (_client_host(self.host), self.mlflow_port),
+                "prefect-server": (_client_host(self.prefect_host), self.prefect_port)}.get(name)
+
+    # ---------------------------------------------------------------- commands and environments
+
+    def command(self, name: str) -> list[str]:
+        if name == "mlflow":
+            # The password reaches psycopg through PGPASSWORD (service_env), never the command line `ps` shows.
+            backend = f"postgresql://{USER}@{_client_host(self.host)}:{self.postgres_port}/" \
+                      f"{MLFLOW_DATABASE}"
+            return [tool_path("mlflow"), "server", "--backend-store-uri", backend,
+                    "--artifacts-destination", str(self.artifacts_dir), "--serve-artifacts",
+                    "--host", self.host, "--port", str(self.mlflow_port), "--workers", str(self.mlflow_workers)]
+        if name == "prefect-server":
+            return [tool_path("prefect"), "server", "start", "--host", self.prefect_host,
+                    "--port", str(self.prefect_port), "--analytics-off"]
+        if name == "worker":
+            return [tool_path("prefect"), "worker", "start", "--pool", self.work_pool, "--type", "process",
+                    "--name", self.worker_name, "--install-policy", "never"]
+        raise KeyError(name)
+
+    def service_env(self, name: str, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment of one service: the caller's, minus other Prefect/MLflow settings, plus the stack's."""
+        env = {key: value for key, value in (base if base is not None else os.environ).items()
+               if not key.startswith(_FOREIGN_PREFIXES) and key != "PGPASSWORD"}
+        # The stack's executables (dvc, catalog-classifier) first: flow runs start stages by name.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        if name == "mlflow":
+            env["PGPASSWORD"] = self.cluster().password()
+            # MLflow 3's server job runner (GenAI jobs: prompt optimisation, trace rollups) starts eight more Python
+            # processes, ~230 MB each; nothing here uses it.
+            env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+        elif name == "prefect-server":
+            env.update(PREFECT_HOME=str(self.dir / "prefect"),
+                       PREFECT_API_DATABASE_CONNECTION_URL=self.cluster().url(PREFECT_DATABASE,
+                                                                              driver="postgresql+asyncpg"),
+                       PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        elif name == "worker":
+            env.update(self.client_env())
+            env["PREFECT_HOME"] = str(self.dir / "worker")
+        return env
+
+    def client_env(self) -> dict[str, str]:
+        """What a client of this stack (a shell, a stage, a worker's flow run) needs to use it."""
+        return {
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            "PREFECT_API_URL": self.prefect_api_url,
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.mlflow_http_retries),
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.mlflow_http_timeout_s),
+        }
+
+    # ---------------------------------------------------------------- the record of a started stack
+
+    def record(self) -> dict[str, object]:
+        return {key: str(value) if isinstance(value, Path) else value for key, value in asdict(self).items()}
+
+    def with_record(self, record: dict[str, object]) -> StackPlan:
+        """This plan with the ports and names a running stack was started with (its stack.json)."""
+        keep = {"project_root", "dir"}
+        return replace(self, **{key: value for key, value in record.items()
+                                if key in self.__dataclass_fields__ and key not in keep})
+
+
+def current_plan(params: Params, project_root: Path) -> StackPlan:
+    """The plan of the stack in ``stack.dir``: the settings it was started with when it has been (ports given on
+    ``make stack``'s command line hold until ``make stack-down``), else those of params."""
+    plan = StackPlan.from_params(params, project_root)
+    try:
+        record = json.loads(plan.state_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return plan
+    return plan.with_record(record) if isinstance(record, dict) else plan
+
+
+def _client_host(host: str) -> str:
+    """Where a client on this machine reaches a service bound to ``host`` (a wildcard bind is reached on loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def tool_path(name: str) -> str:
+    """The executable of this environment (the venv's mlflow/prefect), not whichever is first on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else name
+
+
+# -------------------------------------------------------------------- deployments (prefect.yaml)
+
+
+def _git(root: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise StackConfigError(f"git {' '.join(args)} failed in {root}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def deploy_env(params: Params, plan: StackPlan) -> dict[str, str]:
+    """The variables prefect.yaml reads (``{{ $CATALOG_... }}``) when ``prefect deploy`` registers the deployments.
+
+    The schedule, deployment name and pool come from params, so prefect.yaml never repeats a value of params.yaml;
+    the code is the repository and branch a worker clones, the data the default DVC remote it pulls from.
+    """
+    root = plan.project_root
+    repository = params.stack.repository or f"file://{_git(root, 'rev-parse', '--show-toplevel')}"
+    branch = params.stack.branch or _git(root, "rev-parse", "--abbrev-ref", "HEAD")
+    if branch == "HEAD":
+        raise StackConfigError("no branch is checked out (detached HEAD): check one out or set stack.branch")
+    remote = dvc_ops.default_remote(root)
+    if remote is None:
+        raise StackConfigError("the deployments pull data from the default DVC remote, and none is set: "
+                               "dvc remote add -d NAME URL")
+    # A relative local remote is relative to the clone it is configured in: pass DVC's absolute resolution.
+    local = remote.local_path
+    if local is not None and not local.is_absolute():
+        local = (root / ".dvc" / local).resolve()
+    remote_url = remote.url if local is None else str(local)
+    orchestration = params.orchestration
+    return {
+        "PREFECT_API_URL": plan.prefect_api_url,
+        "CATALOG_WORK_POOL": plan.work_pool,
+        "CATALOG_REPOSITORY": repository,
+        "CATALOG_BRANCH": branch,
+        "CATALOG_DVC_REMOTE": remote_url,
+        "CATALOG_RETRAIN_DEPLOYMENT": orchestration.deployment,
+        "CATALOG_RETRAIN_CRON": orchestration.retrain_cron,
+        "CATALOG_RETRAIN_TIMEZONE": orchestration.timezone,
+    }
+
+
+def uncommitted_changes(root: Path) -> list[str]:
+    """Tracked files that differ from HEAD: a deployment runs the committed branch, not them."""
+    try:
+        return _git(root, "status", "--porcelain", "--untracked-files=no").splitlines()
+    except StackConfigError:
+        return []
+
+
+def deploy_command(prefect_file: Path) -> list[str]:
+    return [tool_path("prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)]

@@ -1,0 +1,119 @@
+"""``catalog-classifier stack up|down|status|env|deploy`` and ``bench-stack``: the team stack on this machine.
+
+Thin: the plan comes from params (infra/composition.py), the processes from infra/lifecycle.py; this module
+prints what happened and the next command to type.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from catalog_classifier.config.layout import Project
+from catalog_classifier.infra import lifecycle
+from catalog_classifier.infra.composition import (
+    OPTUNA_DATABASE,
+    StackConfigError,
+    StackPlan,
+    current_plan,
+    deploy_command,
+    deploy_env,
+    uncommitted_changes,
+)
+from catalog_classifier.ops.postgres import PostgresError
+from catalog_classifier.ops.services import ServiceError, http_ok
+
+# Errors that end a stack command with one line (exit 2): a setting to change, a port taken, a service that
+# would not start (its log's tail is in the message).
+STACK_ERRORS = (ServiceError, StackConfigError, PostgresError)
+EXIT_NOT_RUNNING = 3  # `stack status` when some part is down (the LSB convention for "not running")
+PREFECT_FILE = "prefect.yaml"
+
+
+def run_stack(project: Project, action: str) -> int:
+    if action == "up":
+        return _up(StackPlan.from_params(project.params, project.root))
+    plan = current_plan(project.params, project.root)
+    if action == "down":
+        for state in lifecycle.down(plan):
+            print(state.line(), flush=True)
+        return 0
+    if action == "status":
+        states = lifecycle.status(plan)
+        for state in states:
+            print(state.line())
+        return 0 if all(state.healthy for state in states) else EXIT_NOT_RUNNING
+    if action == "env":
+        print(env_lines(plan))
+        return 0
+    if action == "deploy":
+        run_deploy(project, plan)
+        return 0
+    raise ValueError(f"unknown stack action {action!r}")
+
+
+def _up(plan: StackPlan) -> int:
+    lifecycle.up(plan, report=lambda state: print(state.line(), flush=True))
+    print(f"\nMLflow UI    {plan.mlflow_url}\nPrefect UI   {plan.prefect_ui_url}\n"
+          f"Use it from a shell:  eval \"$({_command()} stack env)\"   then:  make deploy", flush=True)
+    return 0
+
+
+def _command() -> str:
+    """How to call this CLI from a shell: its name when PATH finds this one, else its path in this environment."""
+    beside = Path(sys.executable).parent / "catalog-classifier"
+    found = shutil.which("catalog-classifier")
+    if found and beside.is_file() and Path(found).resolve() == beside.resolve():
+        return "catalog-classifier"
+    return str(beside) if beside.is_file() else "catalog-classifier"
+
+
+def env_lines(plan: StackPlan) -> str:
+    """``export`` lines for a shell (``eval "$(catalog-classifier stack env)"``), and the Optuna database URL."""
+    lines = [f"export {key}={shlex.quote(value)}" for key, value in plan.client_env().items()]
+    try:
+        optuna = plan.cluster().url(OPTUNA_DATABASE)
+        lines.append(f"# a study shared by several tuning workers: tune.storage={optuna}")
+    except PostgresError:
+        lines.append("# the stack has not been started in this folder yet: make stack")
+    return "\n".join(lines)
+
+
+def run_deploy(project: Project, plan: StackPlan) -> None:
+    """``prefect deploy --all`` of prefect.yaml against the stack's Prefect server, with the values of params."""
+    if not http_ok(f"{plan.prefect_api_url}/health"):
+        raise ServiceError(f"no Prefect server answers at {plan.prefect_api_url}: start the stack first (make stack)")
+    values = deploy_env(project.params, plan)
+    for line in uncommitted_changes(project.root):
+        print(f"warning: not committed, so not deployed (workers clone {values['CATALOG_BRANCH']}): {line}",
+              flush=True)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env.update(values)
+    env["PREFECT_HOME"] = str(plan.dir / "worker")  # the deploying client's own state stays inside the stack folder
+    print(f"deploying {project.root / PREFECT_FILE} to {plan.prefect_api_url}: pool {values['CATALOG_WORK_POOL']}, "
+          f"code {values['CATALOG_REPOSITORY']} @ {values['CATALOG_BRANCH']}, data {values['CATALOG_DVC_REMOTE']}, "
+          f"retraining '{values['CATALOG_RETRAIN_CRON']}' ({values['CATALOG_RETRAIN_TIMEZONE']})", flush=True)
+    done = subprocess.run(deploy_command(project.root / PREFECT_FILE), cwd=project.root, env=env, check=False,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ServiceError(f"prefect deploy failed ({done.returncode}):\n{(done.stdout + done.stderr).strip()[-3000:]}")
+    print("\n".join(line for line in done.stdout.splitlines() if line.strip()), flush=True)
+
+
+def run_bench_stack(project: Project) -> dict[str, Any]:
+    """MLflow logging latency through the stack's server on PostgreSQL against the local sqlite store."""
+    from catalog_classifier.infra.logging_latency import bench_logging, format_table
+    from catalog_classifier.ops.io import write_json
+
+    plan = current_plan(project.params, project.root)
+    result = bench_logging(plan, project.params.bench)
+    out = project.path(project.params.bench.out_dir) / "stack.json"
+    write_json(out, result)
+    print(format_table(result))
+    print(f"written: {out}")
+    return result
