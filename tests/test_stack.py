@@ -192,6 +192,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, real_data: Path) -> Iterator
 
 
 @pytest.mark.slow
+def cluster_url(stack: Stack, database: str) -> str:
+    cluster = stack.plan.cluster()
+    return f"postgresql://catalog:{cluster.password()}@127.0.0.1:{cluster.port}/{database}"
+
+
 def test_stack_up_twice_is_harmless(stack: Stack) -> None:
     pids = {name: stack.plan.service(name).pid() for name in SERVICES}
     assert all(pids.values()), pids
@@ -206,6 +211,9 @@ def test_stack_up_twice_is_harmless(stack: Stack) -> None:
     assert f"export MLFLOW_TRACKING_URI={stack.plan.mlflow_url}\n" in env
     assert f"export PREFECT_API_URL={stack.plan.prefect_api_url}\n" in env
     assert "export MLFLOW_HTTP_REQUEST_MAX_RETRIES=2\n" in env
+    # Promoters share the advisory lock in MLflow's database; tuning workers share the optuna database.
+    assert f"export CATALOG_REGISTRY_LOCK_URL={cluster_url(stack, 'mlflow')}\n" in env
+    assert f"export CATALOG_TUNE_STORAGE={cluster_url(stack, 'optuna')}\n" in env
     # The servers keep their state in PostgreSQL, not in files of their own.
     cluster = stack.plan.cluster()
     assert cluster.psql("SELECT count(*) FROM alembic_version", "mlflow").strip() == "1"

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 PARAMS_FILE = "params.yaml"
 # The shared registry lock's PostgreSQL URL, password included, comes from here; it wins over registry.lock_url.
 REGISTRY_LOCK_URL_ENV = "CATALOG_REGISTRY_LOCK_URL"
+TUNE_STORAGE_ENV = "CATALOG_TUNE_STORAGE"  # a whole tune.storage URL (with its password), read when a study opens
 
 
 class ParamsError(ValueError):

@@ -20,7 +20,7 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from catalog_classifier.config.params import Params
+from catalog_classifier.config.params import REGISTRY_LOCK_URL_ENV, TUNE_STORAGE_ENV, Params
 from catalog_classifier.ops import dvc_ops
 from catalog_classifier.ops.postgres import USER, PostgresCluster
 from catalog_classifier.ops.services import Service
@@ -146,13 +146,21 @@ class StackPlan:
         return env
 
     def client_env(self) -> dict[str, str]:
-        """What a client of this stack (a shell, a stage, a worker's flow run) needs to use it."""
-        return {
+        """What a client of this stack (a shell, a stage, a worker's flow run) needs to use it.
+
+        Once the cluster exists, also the registry lock every promoter shares (an advisory lock in MLflow's
+        database: an http registry refuses promotion without one) and the Optuna database tuning workers share."""
+        env = {
             "MLFLOW_TRACKING_URI": self.mlflow_url,
             "PREFECT_API_URL": self.prefect_api_url,
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.mlflow_http_retries),
             "MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.mlflow_http_timeout_s),
         }
+        cluster = self.cluster()
+        if cluster.password_file.is_file():
+            env[REGISTRY_LOCK_URL_ENV] = cluster.url(MLFLOW_DATABASE)
+            env[TUNE_STORAGE_ENV] = cluster.url(OPTUNA_DATABASE)
+        return env
 
     # ---------------------------------------------------------------- the record of a started stack
 

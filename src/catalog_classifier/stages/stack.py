@@ -17,7 +17,6 @@ from typing import Any
 from catalog_classifier.config.layout import Project
 from catalog_classifier.infra import lifecycle
 from catalog_classifier.infra.composition import (
-    OPTUNA_DATABASE,
     StackConfigError,
     StackPlan,
     current_plan,
@@ -74,14 +73,11 @@ def _command() -> str:
 
 
 def env_lines(plan: StackPlan) -> str:
-    """``export`` lines for a shell (``eval "$(catalog-classifier stack env)"``), and the Optuna database URL."""
+    """``export`` lines for a shell (``eval "$(catalog-classifier stack env)"``)."""
     lines = [f"export {key}={shlex.quote(value)}" for key, value in plan.client_env().items()]
-    try:
-        optuna = plan.cluster().url(OPTUNA_DATABASE)
-        lines.append(f"# a study shared by several tuning workers: tune.storage={optuna}")
-    except PostgresError:
+    if not plan.cluster().password_file.is_file():
         lines.append("# the stack has not been started in this folder yet: make stack")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def run_deploy(project: Project, plan: StackPlan) -> None:

@@ -22,11 +22,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from catalog_classifier.config.params import TUNE_STORAGE_SCHEMES, ParamsError
+from catalog_classifier.config.params import TUNE_STORAGE_ENV, TUNE_STORAGE_SCHEMES, ParamsError
 
 log = logging.getLogger(__name__)
 
-ENV_VAR = "CATALOG_TUNE_STORAGE"
+ENV_VAR = TUNE_STORAGE_ENV
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # One advisory-lock key for every catalog-classifier study in a database: creating Optuna's tables is itself a race.
 _LOCK_KEY = int.from_bytes(hashlib.sha256(b"catalog-classifier/optuna").digest()[:8], "big", signed=True)
