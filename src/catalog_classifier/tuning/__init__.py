@@ -1,3 +1,3 @@
-"""Optuna studies: the search space, the objective, resume rules and results.
+"""Optuna studies: the search space, the objective, studies shared by workers on one storage, resume rules, results.
 Imports ``ops``, ``config``, ``data``, ``modeling`` and ``registry.tracking``.
 """

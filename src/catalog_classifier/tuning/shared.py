@@ -7,7 +7,7 @@ sampler seed, and ``tune.n_trials`` caps the study's finished trials exactly, wh
 stops its trial's heartbeat: the trial is marked FAIL and queued again, and the others wait for it rather than
 leave the study one trial short.
 
-Kept apart from the objective (:mod:`catalog_classifier.tuning.study`): no torch here, so tools that only touch
+Kept apart from the objective (:mod:`catalog_classifier.tuning.objective`): no torch here, so tools that only touch
 the storage start in a second.
 """
 

@@ -2,7 +2,7 @@
 per trial, and the runs of trials a killed worker left behind closed as KILLED. Optuna's storage is the record;
 these runs are the view.
 
-The parent run is created once, under the storage lock (see :func:`catalog_classifier.tuning.study.open_study`),
+The parent run is created once, under the storage lock (see :func:`catalog_classifier.tuning.shared.open_study`),
 and its id kept in a study user attribute, so workers on other machines nest their trials under the same run.
 No worker owns it: each one logs to it by id, and whoever leaves the study with no trial running closes it.
 """
