@@ -234,7 +234,8 @@ def test_storage_urls_paths_environment_and_secrets(tmp_path: Path) -> None:
     from test_tune import tune_params
 
     from catalog_classifier.config.params import ParamsError, parse_params
-    from catalog_classifier.tuning.storage import display_url, resolve_storage
+    from catalog_classifier.ops.postgres import redact_url
+    from catalog_classifier.tuning.storage import resolve_storage
 
     assert resolve_storage("artifacts/tune/optuna.db", tmp_path, {}) == f"sqlite:///{tmp_path}/artifacts/tune/optuna.db"
     assert resolve_storage("sqlite:///artifacts/tune/optuna.db", tmp_path, {}) == (
@@ -243,7 +244,7 @@ def test_storage_urls_paths_environment_and_secrets(tmp_path: Path) -> None:
     templated = "postgresql://optuna:${OPTUNA_DB_PASSWORD}@db.example:5432/optuna"
     url = resolve_storage(templated, tmp_path, {"OPTUNA_DB_PASSWORD": "s3cret"})
     assert url == "postgresql://optuna:s3cret@db.example:5432/optuna"
-    assert display_url(url) == "postgresql://optuna:***@db.example:5432/optuna"
+    assert redact_url(url) == "postgresql://optuna:***@db.example:5432/optuna"
     # CATALOG_TUNE_STORAGE replaces the whole value (a worker pointed at the team database without editing params)
     assert resolve_storage("artifacts/tune/optuna.db", tmp_path, {"CATALOG_TUNE_STORAGE": url}) == url
     with pytest.raises(ParamsError, match=r"\$\{OPTUNA_DB_PASSWORD\} is not set"):

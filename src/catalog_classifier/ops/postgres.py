@@ -8,15 +8,34 @@ root, so as root every server command runs as the ``postgres`` system user, whic
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import secrets
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 USER = "catalog"
 _DEFAULT_BIN_GLOB = "/usr/lib/postgresql/*/bin"
+
+
+def advisory_lock_key(name: str) -> int:
+    """The PostgreSQL advisory-lock key of ``name``: a signed 64-bit integer, the same in every process, clone and
+    machine (a digest: Python's ``hash()`` is salted per process). The tuning storage and the registry lock both
+    key their locks here, each with its own prefixed name, so they never collide with each other or with MLflow."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password masked (``user:***@host``): what logs, errors, MLflow tags and summaries show."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
 
 
 class PostgresError(RuntimeError):

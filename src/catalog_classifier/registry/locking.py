@@ -22,7 +22,6 @@ in ``CATALOG_REGISTRY_LOCK_URL``, or from libpq's ``PGPASSWORD`` / ``~/.pgpass``
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from catalog_classifier.config.params import REGISTRY_LOCK_URL_ENV, RegistryParams
+from catalog_classifier.ops.postgres import advisory_lock_key, redact_url
 from catalog_classifier.registry.versions import RegistryError, RegistryLockTimeout, RegistryLockUnavailable
 
 if TYPE_CHECKING:  # psycopg is imported when a PostgreSQL lock is used: the CLI imports this module at start
@@ -63,8 +63,7 @@ def advisory_key(model_name: str) -> int:
 
     (Python's ``hash()`` is salted per process; a digest is not.) A prefix keeps other users of advisory locks
     in the same database, such as the MLflow server itself, from colliding with it by accident."""
-    digest = hashlib.sha256(f"catalog-classifier registry lock:{model_name}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
+    return advisory_lock_key(f"catalog-classifier registry lock:{model_name}")
 
 
 def lock_path(registry_uri: str, project_root: Path) -> Path:
@@ -74,15 +73,6 @@ def lock_path(registry_uri: str, project_root: Path) -> Path:
         database = Path(registry_uri[len(prefix):])  # sqlite:////abs/path: the path is what follows three slashes
         return database.with_name(database.name + ".registry.lock")
     return project_root / "mlruns" / "registry.lock"
-
-
-def redacted(url: str) -> str:
-    """``url`` without its password (error messages and logs must not print it)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
 
 
 def _scheme(url: str) -> str:
@@ -110,7 +100,7 @@ def shared_lock_url(registry: RegistryParams, registry_uri: str) -> str | None:
     if configured:
         if _scheme(configured) not in _POSTGRES_SCHEMES:
             raise RegistryError(f"{REGISTRY_LOCK_URL_ENV} / registry.lock_url must be a postgresql:// URL, "
-                                f"not {redacted(configured)}")
+                                f"not {redact_url(configured)}")
         return configured
     if _scheme(registry_uri) in _POSTGRES_SCHEMES:
         return registry_uri
@@ -127,7 +117,7 @@ def choose_lock(registry_uri: str, project_root: Path, registry: RegistryParams,
     if _local_store(registry_uri):
         return FileRegistryLock(lock_path(registry_uri, project_root), registry.lock_timeout_s)
     raise RegistryError(
-        f"{action} refused: the registry at {redacted(registry_uri)} is shared, and a file lock in this clone would "
+        f"{action} refused: the registry at {redact_url(registry_uri)} is shared, and a file lock in this clone would "
         f"not stop a {action} from another clone; set {REGISTRY_LOCK_URL_ENV}=postgresql://USER:PASSWORD@HOST:PORT/DB "
         "(a PostgreSQL database every promoter reaches, e.g. the MLflow server's) or registry.lock_url in "
         "params.yaml (no password there: PGPASSWORD or ~/.pgpass)")

@@ -17,9 +17,10 @@ import pandas as pd
 from catalog_classifier.config.layout import Project
 from catalog_classifier.config.params import TrainParams
 from catalog_classifier.data.manifests import read_manifest
+from catalog_classifier.ops.postgres import redact_url
 from catalog_classifier.registry.tracking import setup_mlflow
 from catalog_classifier.tuning.shared import Worker, open_study, run_study, started_trials, workers
-from catalog_classifier.tuning.storage import StorageLock, display_url, refuse_mlflow_database, resolve_storage
+from catalog_classifier.tuning.storage import StorageLock, refuse_mlflow_database, resolve_storage
 from catalog_classifier.tuning.study import (
     create_pruner,
     family_models,
@@ -59,7 +60,7 @@ class FamilyStudy:
     @property
     def storage(self) -> str:
         """The storage URL as people see it (password masked)."""
-        return display_url(self.url)
+        return redact_url(self.url)
 
 
 @dataclass

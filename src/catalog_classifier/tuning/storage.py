@@ -12,7 +12,6 @@ the others waiting.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -23,13 +22,14 @@ from types import TracebackType
 from typing import Any
 
 from catalog_classifier.config.params import TUNE_STORAGE_ENV, TUNE_STORAGE_SCHEMES, ParamsError
+from catalog_classifier.ops.postgres import advisory_lock_key, redact_url
 
 log = logging.getLogger(__name__)
 
 ENV_VAR = TUNE_STORAGE_ENV
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # One advisory-lock key for every catalog-classifier study in a database: creating Optuna's tables is itself a race.
-_LOCK_KEY = int.from_bytes(hashlib.sha256(b"catalog-classifier/optuna").digest()[:8], "big", signed=True)
+_LOCK_KEY = advisory_lock_key("catalog-classifier/optuna")
 _LOCK_POLL_S = 0.05
 CONNECT_TIMEOUT_S = 10  # a stopped PostgreSQL fails the command in seconds, not after TCP's minutes
 
@@ -74,11 +74,7 @@ def resolve_storage(raw: str, root: Path, environ: Mapping[str, str] | None = No
     return _sqlite_url(url.database or "", root) if backend == "sqlite" else value
 
 
-def display_url(url: str) -> str:
-    """The URL with its password masked: what logs, MLflow tags and summaries show."""
-    from sqlalchemy.engine import make_url
 
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def _database_identity(url: str) -> tuple[str, ...] | None:
@@ -102,7 +98,7 @@ def refuse_mlflow_database(url: str, mlflow_tracking_uri: str) -> None:
     """Optuna and MLflow each run their own schema migrations: one database for both would break both."""
     identity = _database_identity(url)
     if identity is not None and identity == _database_identity(mlflow_tracking_uri):
-        raise ParamsError(f"tune.storage: {display_url(url)} is MLflow's tracking database; give Optuna its own")
+        raise ParamsError(f"tune.storage: {redact_url(url)} is MLflow's tracking database; give Optuna its own")
 
 
 def is_sqlite(url: str) -> bool:
@@ -125,7 +121,7 @@ def prepare_storage(url: str) -> None:
 def unavailable(url: str, err: BaseException) -> StorageUnavailable:
     """A one-line error for a storage that cannot be reached (the driver's message, first line, password-free)."""
     reason = str(getattr(err, "orig", None) or err).strip().splitlines()
-    return StorageUnavailable(f"Optuna storage {display_url(url)} is unreachable: {reason[0] if reason else err}")
+    return StorageUnavailable(f"Optuna storage {redact_url(url)} is unreachable: {reason[0] if reason else err}")
 
 
 class StorageLock:
@@ -149,7 +145,7 @@ class StorageLock:
         while not try_once():
             if time.monotonic() >= deadline:
                 raise StorageUnavailable(
-                    f"Optuna storage {display_url(self.url)}: another worker held the tuning lock for more than "
+                    f"Optuna storage {redact_url(self.url)}: another worker held the tuning lock for more than "
                     f"{self.timeout_s:g} s (tune.lock_timeout_s); is a worker stuck while setting up a study?")
             time.sleep(_LOCK_POLL_S)
 

@@ -20,8 +20,9 @@ from typing import Any
 import optuna
 
 from catalog_classifier.config.params import TuneParams
+from catalog_classifier.ops.postgres import redact_url
 from catalog_classifier.tuning.shared import open_study, run_claimed_trial, slot_status
-from catalog_classifier.tuning.storage import StorageLock, display_url
+from catalog_classifier.tuning.storage import StorageLock
 from catalog_classifier.tuning.study import create_pruner, suggest
 
 PHASES = ("claim", "optuna_loop", "suggest", "report", "attrs")
@@ -59,7 +60,7 @@ def storage_overhead(url: str, tune_params: TuneParams, models: list[str], n_tri
     ms = {key: [row[key] * 1000 for row in rows] for key in ("total", "gc", *PHASES)}
     tenth = max(1, n_trials // 10)
     return {
-        "storage": display_url(url), "backend": url.split(":", 1)[0].split("+", 1)[0], "n_trials": n_trials,
+        "storage": redact_url(url), "backend": url.split(":", 1)[0].split("+", 1)[0], "n_trials": n_trials,
         "n_reports": n_reports, "sampler": "random", "states": sorted({t.state.name for t in study.trials}),
         "ms_per_trial": _summary(ms["total"]),
         "phases_ms_mean": {phase: round(statistics.fmean(ms[phase]), 3) for phase in PHASES},
