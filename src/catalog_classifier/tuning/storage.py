@@ -74,9 +74,6 @@ def resolve_storage(raw: str, root: Path, environ: Mapping[str, str] | None = No
     return _sqlite_url(url.database or "", root) if backend == "sqlite" else value
 
 
-
-
-
 def _database_identity(url: str) -> tuple[str, ...] | None:
     """What makes two URLs the same database (file, or host/port/name); None for what is not a database URL."""
     from sqlalchemy.engine import make_url
