@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import torch
 import yaml
 from conftest import tiny_params
@@ -67,6 +68,15 @@ def test_train_stage_in_frozen_mode_saves_a_model_whose_backbone_is_the_initial_
     assert not torch.equal(saved_state["fc.weight"], initial_state["fc.weight"])
     recorded = read_json(project.train_metrics("resnet10t"))
     assert recorded == metrics and recorded["epochs_run"] == 2 and recorded["fit_time_s"] > 0
+    # The head was also cross-validated on train+val: one out-of-fold row per image per repeat.
+    cv = read_json(project.cv_summary("resnet10t"))
+    folds, repeats = params["train"]["cv"]["folds"], params["train"]["cv"]["repeats"]
+    assert cv["used"] and len(cv["fold_f1_macro"]) == folds * repeats
+    assert recorded["cv_f1_macro_mean"] == cv["f1_macro_mean"]
+    oof = pd.read_csv(project.oof_predictions("resnet10t"))
+    manifests = pd.concat([pd.read_csv(root / "artifacts" / "splits" / f"{name}.csv") for name in ("train", "val")])
+    assert cv["n_images"] == len(manifests) and len(oof) == repeats * len(manifests)
+    assert sorted(oof.loc[oof["repeat"] == 0, "image"]) == sorted(manifests["image"])
 
 
 def test_frozen_fit_refuses_augmentation_instead_of_scrambling_cached_features() -> None:

@@ -29,8 +29,10 @@ from registry_helpers import (
 )
 from sklearn.metrics import f1_score
 
+from catalog_classifier.config.params import UncertaintyParams
 from catalog_classifier.registry.descriptions import version_description
-from catalog_classifier.registry.gate import autolabel_figures, decide, score, shared_test_images
+from catalog_classifier.registry.gate import AutolabelPromise, autolabel_figures, score, shared_test_images
+from catalog_classifier.registry.gate import decide as gate_decide
 from catalog_classifier.registry.selection import weights_label
 
 CLASSES = ["a", "b", "c"]
@@ -49,39 +51,88 @@ def test_scores_are_the_hand_computed_f1() -> None:
     assert score(TRUTH, FAIR, CLASSES).f1_macro == pytest.approx(59 / 90)
 
 
-def test_better_challenger_is_promoted() -> None:
-    decision = decide(TRUTH, GOOD, FAIR, CLASSES, min_delta=0.01, class_f1_floor=0.5)
+UNCERTAINTY = UncertaintyParams(confidence=0.95, bootstrap_resamples=2000, seed=0)
+
+
+def decide(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - the gate with the pipeline's statistics
+    return gate_decide(*args, uncertainty=UNCERTAINTY, **kwargs)
+
+
+def test_better_challenger_is_promoted_when_the_paired_interval_clears_zero() -> None:
+    # GOOD beats FAIR on one image in six; over 30 copies of the six the paired bootstrap cannot explain it away.
+    truth, good, fair = TRUTH * 30, GOOD * 30, FAIR * 30
+    decision = decide(truth, good, fair, CLASSES, min_delta=0.0, class_f1_floor=0.5)
     assert decision.promote
     assert decision.figures["challenger_f1_macro"] == pytest.approx(0.822222)
     assert decision.figures["champion_f1_macro"] == pytest.approx(0.655556)
     assert decision.figures["delta"] == pytest.approx(1 / 6, abs=1e-6)
-    assert decision.figures["n_images"] == 6
-    assert "beats it" in decision.reason
+    low, high = decision.figures["delta_interval"]
+    assert 0 < low < 1 / 6 < high
+    assert decision.figures["n_images"] == 180
+    assert "lower end above 0" in decision.reason
+
+
+def test_the_same_win_on_six_images_is_noise() -> None:
+    # The point difference is the same +1/6, but on six images one resampled image decides it: kept challenger.
+    decision = decide(TRUTH, GOOD, FAIR, CLASSES, min_delta=0.0, class_f1_floor=0.5)
+    assert not decision.promote
+    assert decision.figures["delta"] == pytest.approx(1 / 6, abs=1e-6)
+    assert decision.figures["delta_interval"][0] <= 0
+    assert "its lower end is not above 0" in decision.reason
 
 
 def test_worse_challenger_is_rejected() -> None:
-    decision = decide(TRUTH, FAIR, GOOD, CLASSES, min_delta=0.01, class_f1_floor=0.0)
+    decision = decide(TRUTH * 30, FAIR * 30, GOOD * 30, CLASSES, min_delta=0.0, class_f1_floor=0.0)
     assert not decision.promote
     assert decision.figures["delta"] == pytest.approx(-1 / 6, abs=1e-6)
-    assert "does not beat it by 0.01" in decision.reason
+    assert decision.figures["delta_interval"][1] < 0
 
 
 def test_equal_challenger_is_rejected_even_with_zero_min_delta() -> None:
-    decision = decide(TRUTH, GOOD, list(GOOD), CLASSES, min_delta=0.0, class_f1_floor=0.0)
+    decision = decide(TRUTH * 30, GOOD * 30, GOOD * 30, CLASSES, min_delta=0.0, class_f1_floor=0.0)
     assert not decision.promote
-    assert decision.figures["delta"] == 0
+    assert decision.figures["delta"] == 0 and decision.figures["delta_interval"] == [0.0, 0.0]
 
 
-def test_min_delta_is_a_threshold_included_at_its_value() -> None:
-    # delta is exactly 37/45 - 59/90 = 1/6: "by at least 1/6" passes, "by at least 0.17" does not.
-    assert decide(TRUTH, GOOD, FAIR, CLASSES, min_delta=1 / 6, class_f1_floor=0.0).promote
-    assert not decide(TRUTH, GOOD, FAIR, CLASSES, min_delta=0.17, class_f1_floor=0.0).promote
+def test_min_delta_is_compared_with_the_lower_end() -> None:
+    truth, good, fair = TRUTH * 30, GOOD * 30, FAIR * 30
+    low = decide(truth, good, fair, CLASSES, min_delta=0.0, class_f1_floor=0.0).figures["delta_interval"][0]
+    assert decide(truth, good, fair, CLASSES, min_delta=low - 0.01, class_f1_floor=0.0).promote
+    # The point difference (1/6) clears 0.15, the interval's lower end does not.
+    assert not decide(truth, good, fair, CLASSES, min_delta=0.15, class_f1_floor=0.0).promote
+
+
+def _noisy_copy(predictions: list[str], truth: list[str], fix: int, break_: int) -> list[str]:
+    """``predictions`` with ``fix`` wrong ones made right and ``break_`` right ones made wrong (another seed)."""
+    out = list(predictions)
+    wrong = [i for i, (p, t) in enumerate(zip(out, truth, strict=True)) if p != t]
+    right = [i for i, (p, t) in enumerate(zip(out, truth, strict=True)) if p == t]
+    for i in wrong[:fix]:
+        out[i] = truth[i]
+    for i in right[-break_:] if break_ else []:
+        out[i] = CLASSES[(CLASSES.index(truth[i]) + 1) % len(CLASSES)]
+    return out
+
+
+def test_a_retrain_with_another_seed_is_not_promoted_but_a_clearly_better_model_is() -> None:
+    # 174 gate images; the champion gets 150 right. A retrain of its recipe with another seed fixes 5 of its errors
+    # and makes 2 new ones: +3 images, about +0.017 macro-F1, which the old point rule (+0.01) promoted.
+    truth = (CLASSES * 58)[:174]
+    champion = _noisy_copy(truth, truth, 0, 24)
+    retrain = _noisy_copy(champion, truth, 5, 2)
+    noise = decide(truth, retrain, champion, CLASSES, min_delta=0.0, class_f1_floor=0.5)
+    assert noise.figures["delta"] > 0.01
+    assert not noise.promote and noise.figures["delta_interval"][0] <= 0
+    # A clearly better model over a weak champion (gets 100 of 174 right): promoted.
+    weak = _noisy_copy(truth, truth, 0, 74)
+    clear = decide(truth, champion, weak, CLASSES, min_delta=0.0, class_f1_floor=0.5)
+    assert clear.promote and clear.figures["delta_interval"][0] > 0.2
 
 
 def test_one_class_under_the_floor_blocks_a_better_challenger() -> None:
     challenger = ["a", "a", "b", "b", "a", "b"]  # never says c: F1 a 0.8, b 0.8, c 0 -> macro 0.533
     champion = ["a"] * 6  # F1 a 0.5, b 0, c 0 -> macro 0.167
-    decision = decide(TRUTH, challenger, champion, CLASSES, min_delta=0.01, class_f1_floor=0.3)
+    decision = decide(TRUTH * 30, challenger * 30, champion * 30, CLASSES, min_delta=0.0, class_f1_floor=0.3)
     assert not decision.promote
     assert decision.figures["delta"] == pytest.approx(1.6 / 3 - 0.5 / 3, abs=1e-6)
     assert decision.figures["weakest_class"] == "c" and decision.figures["weakest_class_f1"] == 0
@@ -101,16 +152,16 @@ def test_a_challenger_auto_labelling_too_little_is_rejected_naming_both_figures(
     confidences = [0.99, 0.95, 0.7, 0.91, 0.6, 0.3]  # threshold 0.9: images 1, 2, 4 are auto-labelled
     auto = autolabel_figures(TRUTH, GOOD, confidences, 0.9)
     assert auto == {"n_auto_labelled": 3, "coverage": 0.5, "precision": 1.0}
-    # a 0.99 a, a 0.95 a, b 0.91 b: all three right. GOOD beats FAIR by 1/6 and passes the floor 0.5.
-    rejected = decide(TRUTH, GOOD, FAIR, CLASSES, min_delta=0.01, class_f1_floor=0.5, coverage=auto["coverage"],
+    # a 0.99 a, a 0.95 a, b 0.91 b: all three right. GOOD passes the floor 0.5 (first model: no champion).
+    rejected = decide(TRUTH, GOOD, None, CLASSES, min_delta=0.0, class_f1_floor=0.5, coverage=auto["coverage"],
                       min_coverage=0.6)
     assert not rejected.promote
-    assert rejected.reason == "auto-label coverage 0.500 below the minimum 0.6"
+    assert rejected.reason == "first model: auto-label coverage 0.500 below the minimum 0.6"
     assert rejected.figures["challenger_coverage"] == 0.5 and rejected.figures["min_coverage"] == 0.6
-    at_minimum = decide(TRUTH, GOOD, FAIR, CLASSES, min_delta=0.01, class_f1_floor=0.5, coverage=0.5,
+    at_minimum = decide(TRUTH, GOOD, None, CLASSES, min_delta=0.0, class_f1_floor=0.5, coverage=0.5,
                         min_coverage=0.5)
     assert at_minimum.promote and "auto-label coverage 0.500 >= 0.5" in at_minimum.reason
-    disabled = decide(TRUTH, GOOD, FAIR, CLASSES, min_delta=0.01, class_f1_floor=0.5, coverage=0.0,
+    disabled = decide(TRUTH, GOOD, None, CLASSES, min_delta=0.0, class_f1_floor=0.5, coverage=0.0,
                       min_coverage=0.0)
     assert disabled.promote
     # No threshold (target precision unreachable): nothing is auto-labelled; the first model is held to it too.
@@ -121,26 +172,51 @@ def test_a_challenger_auto_labelling_too_little_is_rejected_naming_both_figures(
                             "auto-label coverage 0.000 below the minimum 0.5")
 
 
+def test_a_challenger_whose_precision_bound_misses_the_target_at_the_minimum_coverage_is_rejected() -> None:
+    kept = {"min_delta": 0.0, "class_f1_floor": 0.5, "coverage": 0.6, "min_coverage": 0.5}
+    promise = AutolabelPromise(threshold=0.9, coverage=0.62, precision_lower_bound=0.981, target_precision=0.98,
+                               source="out-of-fold (5-fold on train+val, 872 images)")
+    passed = decide(TRUTH, GOOD, None, CLASSES, promise=promise, **kept)
+    assert passed.promote and passed.figures["calibration_precision_bound"] == 0.981
+    unreachable = AutolabelPromise(threshold=None, coverage=0.0, precision_lower_bound=None, target_precision=0.98,
+                                   source="val (175 images)")
+    refused = decide(TRUTH, GOOD, None, CLASSES, promise=unreachable, **kept)
+    assert not refused.promote
+    assert refused.reason == ("first model: auto-label precision: no threshold's lower bound reaches the target "
+                              "0.98 on val (175 images)")
+    narrow = AutolabelPromise(threshold=0.99, coverage=0.31, precision_lower_bound=0.982, target_precision=0.98)
+    assert decide(TRUTH, GOOD, None, CLASSES, promise=narrow, **kept).reason == (
+        "first model: auto-label precision: the lower bound reaches 0.98 only at coverage 0.310, below the minimum 0.5")
+
+
 def test_a_version_description_says_model_figures_decision_and_report() -> None:
     tags = {"source_model": "m1", "weights": "ImageNet (package w==0.1.0)", "source_run_id": "abcdef0123456789",
             "val_f1_macro": "0.880952", "test_f1_macro": "0.919048", "challenger_f1_macro": "0.9",
             "n_images": "170", "weakest_class": "Baby Care", "weakest_class_f1": "0.851064", "class_f1_floor": "0.5",
             "challenger_coverage": "0.737143", "autolabel_threshold": "0.892", "challenger_autolabel_precision":
             "0.96124", "autolabel_target_precision": "0.98", "min_coverage": "0.5", "compared_with": "2",
-            "champion_f1_macro": "0.85", "delta": "0.05", "min_delta": "0.01", "decision": "promoted",
+            "champion_f1_macro": "0.85", "delta": "0.05", "min_delta": "0", "decision": "promoted",
+            "delta_interval": "[0.012, 0.091]", "challenger_f1_macro_interval": "[0.85, 0.94]",
+            "val_f1_macro_interval": "[0.83, 0.92]", "test_f1_macro_interval": "[0.87, 0.95]",
+            "interval_confidence": "0.95", "calibration_precision_bound": "0.9812", "calibration_coverage": "0.61",
+            "calibration_source": "out-of-fold (5-fold on train+val, 872 images)",
             "reason": "macro-F1 0.9000 vs champion 0.8500: beats it", "git_commit": "0123456789abcdef-dirty",
             "git_dirty_files": "params.yaml", "data_version": "799d9136aaaa", "decided_at": "2025-01-02T03:04:05+00:00",
             "rolled_back_at": "2025-02-01T00:00:00+00:00", "rolled_back_to": "2"}
     text = version_description("reg", "3", tags, experiment_id="7")
     assert text.startswith("**m1** (ImageNet (package w==0.1.0)), version 3 of reg.")
     assert "**Gate: promoted** (became champion). Why: macro-F1 0.9000 vs champion 0.8500: beats it" in text
-    assert "| validation (chose this model among the pipeline's) | 0.8810 |" in text
-    assert "| test split (evaluate stage) | 0.9190 |" in text
-    assert "| gate: 170 test images champion v2 never trained on | 0.9000 |" in text
+    assert "| macro-F1 [95% bootstrap interval] | |" in text
+    assert "| validation (chose this model among the pipeline's) | 0.8810 [0.8300, 0.9200] |" in text
+    assert "| test split (evaluate stage) | 0.9190 [0.8700, 0.9500] |" in text
+    assert "| gate: 170 test images champion v2 never trained on | 0.9000 [0.8500, 0.9400] |" in text
+    assert ("- Precision promise: lower bound 0.9812 at coverage 0.610 on out-of-fold (5-fold on train+val, "
+            "872 images)") in text
     assert "- Weakest class: **Baby Care**, F1 0.851 (floor 0.5)" in text
     assert ("- Auto-label coverage: **0.737** (at threshold 0.8920, precision 0.961 (target 0.98), minimum 0.5)"
             in text)
-    assert "- Against champion v2: its macro-F1 0.8500, delta +0.0500 (needed >= 0.01)" in text
+    assert ("- Against champion v2: its macro-F1 0.8500; difference +0.0500, paired interval [+0.0120, +0.0910] "
+            "on 170 images (lower end needed > 0)") in text
     assert "- 2025-02-01T00:00:00+00:00: rolled back: champion returned to v2" in text
     assert ("[report/index.html of run abcdef012345](#/experiments/7/runs/abcdef0123456789/artifactPath/"
             "report/index.html) (`runs:/abcdef0123456789/report/index.html`" in text)
@@ -167,8 +243,8 @@ def test_images_the_champion_was_trained_on_are_left_out_by_name_or_content() ->
     assert list(shared["image"]) == ["img2.jpg", "img4.jpg", "img5.jpg", "img6.jpg"]
     # On the full split the champion looks perfect (it memorised img1 and img3); on the shared images it is not.
     decision = decide(list(shared["label"]), ["a", "b", "c", "c"], ["a", "b", "c", "a"], CLASSES,
-                      min_delta=0.01, class_f1_floor=0.5)
-    assert decision.promote
+                      min_delta=0.0, class_f1_floor=0.5)
+    assert decision.figures["delta"] > 0  # four images are too few to promote on (the paired interval holds 0)
     assert decision.figures["n_images"] == 4
     assert decision.figures["challenger_f1_macro"] == 1.0
     assert decision.figures["champion_f1_macro"] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3, abs=1e-6)
@@ -179,10 +255,10 @@ def test_a_class_left_without_test_images_is_not_judged() -> None:
     shared, _ = shared_test_images(_test_manifest(), champion_train)
     # Predicting b for an a image is still an error for a; b itself (no test image left) is not scored.
     decision = decide(list(shared["label"]), ["a", "b", "c", "c"], ["a", "a", "c", "c"], CLASSES,
-                      min_delta=0.01, class_f1_floor=0.5)
+                      min_delta=0.0, class_f1_floor=0.5)
     assert set(decision.figures["challenger_class_f1"]) == {"a", "c"}
     assert decision.figures["challenger_class_f1"]["a"] == pytest.approx(2 / 3, abs=1e-6)
-    assert not decision.promote and "does not beat" in decision.reason
+    assert not decision.promote and "its lower end is not above 0" in decision.reason
 
 
 def test_no_shared_image_means_no_promotion() -> None:

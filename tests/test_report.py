@@ -247,7 +247,7 @@ def test_registry_section_shows_champion_aliases_and_every_decision(project: Pro
         f"rejected catalog-classifier v3 ({BARE}) — does not beat champion v2 by 0.01")
     assert "champion before: v2, after: v2" in page.by_id["decision"]
     assert "delta -0.1300" in page.by_id["decision"]
-    assert ("auto-label coverage 0.000 at no threshold (target precision not reachable on validation) "
+    assert ("auto-label coverage 0.000 at no threshold (the precision bound never reached the target) "
             "(precision —, target 0.98; minimum 0.5)") in page.by_id["decision"]
     assert page.by_id["champion-calibration"] == (
         "The champion serves with temperature 1.235, auto-labels at calibrated confidence ≥ 0.9712 (target "
@@ -309,7 +309,9 @@ def test_pipeline_report_stage_wrote_the_page_and_attached_it_to_every_run(tiny_
     client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
     for model in TINY_MODELS:
         evaluated = json.loads((tiny_pipeline / f"artifacts/eval/{model}/metrics.json").read_text())
-        assert parsed.cells[(model, "f1-test")] == f"{evaluated['test']['f1_macro']:.4f}"
+        interval = evaluated["test"]["f1_macro_interval"]
+        assert parsed.cells[(model, "f1-test")] == (f"{evaluated['test']['f1_macro']:.4f} "
+                                                    f"[{interval['low']:.3f}, {interval['high']:.3f}]")
         run_id = json.loads((tiny_pipeline / f"artifacts/models/{model}/run.json").read_text())["run_id"]
         assert [item.path for item in client.list_artifacts(run_id, "report")] == ["report/index.html"]
         assert client.get_run(run_id).info.status == "FINISHED"
@@ -377,7 +379,7 @@ def test_an_unreachable_target_says_nothing_is_auto_labelled(project: Project) -
     write(project.autolabel(FULL), autolabel_summary(reachable=False))
     _, page = render(project)
     assert page.cells[(FULL, "al-threshold")] == UNREACHABLE == (
-        "target not reachable on validation: nothing auto-labelled")
+        "no threshold: the precision bound never reaches the target; nothing auto-labelled")
     assert page.cells[(FULL, "al-coverage")] == "0.000 (0/7) [0.000, 0.354]"
     assert page.cells[(FULL, "al-precision")] == "—"
 

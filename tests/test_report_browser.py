@@ -86,7 +86,9 @@ def test_report_in_chromium(tiny_pipeline: Path, tmp_path: Path) -> None:
             evaluated = json.loads(project.eval_metrics(model).read_text())
             cell = page.locator(f'#comparison-table tr[data-model="{model}"] td.f1-test')
             assert cell.is_visible()
-            assert cell.inner_text() == f"{evaluated['test']['f1_macro']:.4f}"
+            interval = evaluated["test"]["f1_macro_interval"]
+            assert cell.inner_text() == (f"{evaluated['test']['f1_macro']:.4f} "
+                                         f"[{interval['low']:.3f}, {interval['high']:.3f}]")
             latency = evaluated.get("latency_ms")
             expected = f"{latency['p50']:.1f} / {latency['p95']:.1f}" if latency else "—"
             assert page.locator(f'#comparison-table tr[data-model="{model}"] td.latency').inner_text() == expected
@@ -96,7 +98,7 @@ def test_report_in_chromium(tiny_pipeline: Path, tmp_path: Path) -> None:
             threshold = autolabel["threshold"]
             assert row.locator("td.al-threshold").inner_text() == (
                 f"{threshold:.4f}" if autolabel["reachable"] else
-                "target not reachable on validation: nothing auto-labelled")
+                "no threshold: the precision bound never reaches the target; nothing auto-labelled")
         confusion = page.locator("img.confusion")
         assert confusion.count() == len(TINY_MODELS)
         widths = confusion.evaluate_all("images => images.map(image => image.complete ? image.naturalWidth : 0)")

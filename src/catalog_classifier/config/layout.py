@@ -34,6 +34,10 @@ class Project:
     def quality_report(self) -> Path:
         return self.split_dir() / "quality.json"
 
+    def split_assignment(self) -> Path:
+        """Every image's split, kept by the next split (committed, so a fresh clone keeps it too)."""
+        return self.split_dir() / "assignment.json"
+
     # train
     def weights_file(self, model: str) -> Path | None:
         """The local ImageNet weights file configured for ``model`` (train.weights_files), resolved; else None."""
@@ -55,6 +59,14 @@ class Project:
 
     def train_metrics(self, model: str) -> Path:
         return self.model_dir(model) / "train_metrics.json"
+
+    def cv_summary(self, model: str) -> Path:
+        """Cross-validation of the model's recipe on train+val (or why it was skipped)."""
+        return self.model_dir(model) / "cv.json"
+
+    def oof_predictions(self, model: str) -> Path:
+        """Out-of-fold logits of the cross-validation (header only when it was skipped)."""
+        return self.model_dir(model) / "oof_predictions.csv"
 
     def run_record(self, model: str) -> Path:
         return self.model_dir(model) / "run.json"

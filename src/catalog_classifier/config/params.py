@@ -78,10 +78,38 @@ class SplitFractions(_Strict):
         return self
 
 
+class NearDuplicateParams(_Strict):
+    """Bit thresholds of the two 64-bit perceptual hashes: a pair within BOTH is one near-duplicate group."""
+
+    max_dhash_bits: int = Field(ge=0, le=64)
+    max_phash_bits: int = Field(ge=0, le=64)
+
+
 class SplitParams(_Strict):
     out_dir: Path
     seed: int
     fractions: SplitFractions
+    near_duplicates: NearDuplicateParams
+
+    def rule(self) -> dict[str, Any]:
+        """What decides the draw: a previous assignment made under another rule is redrawn, never kept."""
+        return {"seed": self.seed, "fractions": self.fractions.model_dump(),
+                "near_duplicates": self.near_duplicates.model_dump()}
+
+
+class CrossValidationParams(_Strict):
+    """Repeated stratified k-fold over train+val for models whose fit is cheap (a head on frozen features)."""
+
+    folds: int = Field(ge=2)
+    repeats: int = Field(ge=1)
+
+
+class UncertaintyParams(_Strict):
+    """Percentile bootstrap intervals of every macro-F1 and the gate's paired difference."""
+
+    confidence: float = Field(gt=0, lt=1)
+    bootstrap_resamples: int = Field(ge=100)
+    seed: int
 
 
 class RecipeOverrides(_Strict):
@@ -130,6 +158,7 @@ class TrainParams(_Strict):
     channels_last: Literal["auto"] | bool
     bf16: Literal["auto"] | bool
     num_threads: int | None = Field(default=None, gt=0)
+    cv: CrossValidationParams = Field(default_factory=lambda: CrossValidationParams(folds=5, repeats=2))
     # Replaces the values above for a model that got ImageNet weights (random-init models keep train.*).
     pretrained: RecipeOverrides = Field(default_factory=RecipeOverrides)
 
@@ -176,13 +205,15 @@ class EvaluateParams(_Strict):
 class AutolabelParams(_Strict):
     """Auto-labelling: calibrated confidence (temperature fitted on validation) and a threshold per target precision.
 
-    The threshold is the lowest calibrated confidence whose auto-labelled validation subset reaches
-    ``target_precision``; test only reports the coverage and precision it gives.
+    The threshold is the lowest calibrated confidence at which a one-sided ``bound_confidence`` lower bound of the
+    precision on the calibration predictions (out-of-fold or val) reaches ``target_precision``; test only reports.
     """
 
     target_precision: float = Field(gt=0, lt=1)
     ece_bins: int = Field(ge=2, le=100)  # equal-width confidence bins of the expected calibration error
     interval_confidence: float = Field(gt=0, lt=1)  # of the precision and coverage intervals reported on test
+    # One-sided level of the Clopper-Pearson lower bound of precision the threshold must reach the target with.
+    bound_confidence: float = Field(default=0.95, gt=0, lt=1)
 
 
 class CompareParams(_Strict):
@@ -526,6 +557,7 @@ class Params(_Strict):
     autolabel: AutolabelParams
     compare: CompareParams
     explain: ExplainParams
+    uncertainty: UncertaintyParams
     mlflow: MlflowParams
     tune: TuneParams
 

@@ -1,4 +1,4 @@
-"""The split manifests (``image,label,sha256`` CSVs) as every stage after ``split`` reads them."""
+"""The split manifests (``image,label,label_id,sha256,group`` CSVs) as every stage after ``split`` reads them."""
 
 from __future__ import annotations
 
@@ -9,4 +9,4 @@ from catalog_classifier.config.layout import Project
 
 def read_manifest(project: Project, split: str) -> pd.DataFrame:
     """One split's manifest; image names and digests stay strings (a digest of digits is not a number)."""
-    return pd.read_csv(project.manifest(split), dtype={"image": str, "label": str, "sha256": str})
+    return pd.read_csv(project.manifest(split), dtype={"image": str, "label": str, "sha256": str, "group": str})

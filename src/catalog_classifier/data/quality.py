@@ -10,6 +10,12 @@ from typing import Any
 import pandas as pd
 
 from catalog_classifier.data.images import ImageLoadError, file_sha256, load_rgb
+from catalog_classifier.data.near_duplicates import (
+    connected_groups,
+    group_listing,
+    image_hashes,
+    near_duplicate_pairs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +86,32 @@ def audit_catalogue(catalogue: pd.DataFrame, images_dir: Path, classes: list[str
     return AuditResult(usable=usable, report=report)
 
 
+def group_near_duplicates(usable: pd.DataFrame, images_dir: Path, max_dhash_bits: int,
+                          max_phash_bits: int) -> AuditResult:
+    """``usable`` with a ``group`` column (byte copies and near-duplicates share a key: the group's smallest image
+    name) and the report part that lists every near-duplicate pair and group."""
+    names = list(usable["image"])
+    hashes = [image_hashes(resolve_inside(images_dir, name)) for name in names]
+    pairs = near_duplicate_pairs(names, hashes, max_dhash_bits, max_phash_bits)
+    digest = dict(zip(usable["image"], usable["sha256"], strict=True))
+    near = [pair for pair in pairs if digest[pair.first] != digest[pair.second]]
+    copies = [(group[0], other) for group in duplicate_groups(usable) for other in group[1:]]
+    group_of = connected_groups(names, [(pair.first, pair.second) for pair in near] + copies)
+    groups = group_listing(group_of)
+    report = {
+        "near_duplicate_rule": {"max_dhash_bits": max_dhash_bits, "max_phash_bits": max_phash_bits,
+                                "hashes": "imagehash dHash and pHash, 64 bits each, as is or one image mirrored"},
+        "near_duplicate_pairs": [{"first": pair.first, "second": pair.second, "dhash_bits": pair.dhash_bits,
+                                  "phash_bits": pair.phash_bits, "mirrored": pair.mirrored} for pair in near],
+        "near_duplicate_groups": groups,
+        "near_duplicate_group_count": len(groups),
+        "images_in_near_duplicate_groups": sum(len(group) for group in groups),
+    }
+    log.info("near-duplicates: %d pairs beyond byte copies, %d groups holding %d images", len(near), len(groups),
+             report["images_in_near_duplicate_groups"])
+    return AuditResult(usable=usable.assign(group=usable["image"].map(group_of)), report=report)
+
+
 def format_report(report: dict[str, Any]) -> str:
     """Human-readable summary printed by the split stage and ``check-data``."""
     lines = [
@@ -89,8 +121,12 @@ def format_report(report: dict[str, Any]) -> str:
         f"unreadable files:       {len(report['unreadable_files'])}",
         f"duplicate groups:       {report['duplicate_group_count']} "
         f"({report['images_in_duplicate_groups']} images)",
-        "class counts after exclusions:",
     ]
+    if "near_duplicate_group_count" in report:
+        lines.append(f"near-duplicate groups:  {report['near_duplicate_group_count']} "
+                     f"({report['images_in_near_duplicate_groups']} images, "
+                     f"{len(report['near_duplicate_pairs'])} pairs beyond byte copies)")
+    lines.append("class counts after exclusions:")
     lines += [f"  {name:<30} {count}" for name, count in report["class_counts"].items()]
     lines += [f"  missing: {name}" for name in report["missing_files"]]
     lines += [f"  unreadable: {item['image']}: {item['reason']}" for item in report["unreadable_files"]]

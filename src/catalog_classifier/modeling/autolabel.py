@@ -1,8 +1,11 @@
 """Confident auto-labelling: which calibrated confidence is high enough to skip human review.
 
-The threshold is chosen on validation (the lowest confidence whose auto-labelled subset still reaches the target
-precision, so coverage is as large as the target allows) and only measured on test, with Wilson intervals, so the
-test figures are an honest estimate of what the threshold does on new images. No I/O here.
+Temperature and threshold are fitted on the calibration predictions: the out-of-fold predictions of the
+cross-validation on train+val where the model's fit is cheap (about 870 images), else the validation split (175).
+The threshold is the lowest confidence at which a one-sided Clopper-Pearson lower bound (``bound_confidence``,
+0.95) of the precision of the auto-labelled calibration images reaches the target: the point precision of a small
+subset would pick the luckiest threshold, and the promise to the catalogue team is about new images. Test only
+measures what the threshold gives, with Wilson intervals. No I/O here.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from catalog_classifier.modeling.calibration import (
     fit_temperature,
     reliability_bins,
 )
+from catalog_classifier.modeling.uncertainty import clopper_pearson_lower
 
 # Slack on "precision >= target": k/n computed in floating point must not miss a target it meets exactly.
 _TOLERANCE = 1e-12
@@ -37,6 +41,7 @@ class ThresholdChoice:
     precision: float | None
     n_auto: int
     n: int
+    precision_lower_bound: float | None = None  # one-sided Clopper-Pearson bound at the threshold (bounded choice)
 
 
 @dataclass(frozen=True)
@@ -74,21 +79,30 @@ def _cumulative(confidence: Any, correct: Any) -> tuple[np.ndarray, np.ndarray, 
     return ordered[group_end], counts[group_end], hits[group_end]
 
 
-def choose_threshold(confidence: Any, correct: Any, target_precision: float) -> ThresholdChoice:
-    """The lowest distinct confidence t whose subset ``confidence >= t`` has precision >= ``target_precision``.
+def choose_threshold(confidence: Any, correct: Any, target_precision: float,
+                     bound_confidence: float | None = None) -> ThresholdChoice:
+    """The lowest distinct confidence t whose subset ``confidence >= t`` reaches ``target_precision``: its point
+    precision, or (``bound_confidence`` given) the one-sided Clopper-Pearson lower bound of its precision at that
+    confidence level, which a small lucky subset cannot reach.
 
     Precision is not monotone in t, so every candidate is checked and the lowest that reaches the target wins
     (largest coverage). None reaching it: ``reachable=False``, no threshold, nothing auto-labelled.
     """
     thresholds, counts, hits = _cumulative(confidence, correct)
     total = len(np.asarray(confidence).ravel())
-    reaching = np.flatnonzero(hits >= (target_precision - _TOLERANCE) * counts)
+    if bound_confidence is None:
+        reaching = np.flatnonzero(hits >= (target_precision - _TOLERANCE) * counts)
+        bounds = None
+    else:
+        bounds = clopper_pearson_lower(hits, counts, bound_confidence)
+        reaching = np.flatnonzero(bounds >= target_precision - _TOLERANCE)
     if not len(reaching):
         return ThresholdChoice(threshold=None, reachable=False, coverage=0.0, precision=None, n_auto=0, n=total)
     lowest = reaching[-1]
     return ThresholdChoice(threshold=float(thresholds[lowest]), reachable=True,
                            coverage=float(counts[lowest] / total), precision=float(hits[lowest] / counts[lowest]),
-                           n_auto=int(counts[lowest]), n=total)
+                           n_auto=int(counts[lowest]), n=total,
+                           precision_lower_bound=None if bounds is None else float(bounds[lowest]))
 
 
 def wilson_interval(successes: int, trials: int, confidence_level: float) -> tuple[float, float] | None:
@@ -153,21 +167,36 @@ def _rounded_pair(pair: tuple[float, float] | None) -> list[float] | None:
     return None if pair is None else [round(pair[0], 6), round(pair[1], 6)]
 
 
+@dataclass(frozen=True)
+class CalibrationSet:
+    """The predictions temperature and threshold are fitted on, and where they come from."""
+
+    logits: Any
+    labels: Any
+    source: str  # "val" or "out-of-fold (5-fold x 2 on train+val, first repeat)"
+
+
 def autolabel_report(model_name: str, logits: dict[str, Any], labels: dict[str, Any], classes: list[str],
-                     params: AutolabelParams) -> AutolabelReport:
-    """Fit T on val, measure ECE before/after, choose the threshold on val, report what it does on test.
+                     params: AutolabelParams, calibration: CalibrationSet | None = None) -> AutolabelReport:
+    """Fit T on the calibration set (default: val), measure ECE before/after, choose the threshold there with its
+    precision bound, and report what it does on val and test.
 
     ``logits`` and ``labels`` hold the "val" and "test" splits. Temperature and threshold are kept unrounded so that
     ``softmax(logits / temperature).max() >= threshold`` on the same logits selects exactly the images counted here.
     """
-    temperature = fit_temperature(logits["val"], labels["val"])
+    calibration = calibration or CalibrationSet(logits["val"], labels["val"], "val")
+    temperature = fit_temperature(calibration.logits, calibration.labels)
     raw, calibrated, confidence, correct = {}, {}, {}, {}
     for split in ("val", "test"):
         raw[split] = calibrated_probabilities(logits[split], 1.0)
         calibrated[split] = calibrated_probabilities(logits[split], temperature)
         confidence[split] = calibrated[split].max(1)
         correct[split] = calibrated[split].argmax(1) == np.asarray(labels[split])
-    choice = choose_threshold(confidence["val"], correct["val"], params.target_precision)
+    fitted_on = calibrated_probabilities(calibration.logits, temperature)
+    choice = choose_threshold(fitted_on.max(1), fitted_on.argmax(1) == np.asarray(calibration.labels),
+                              params.target_precision, params.bound_confidence)
+    on_val = coverage_at(choice.threshold, confidence["val"], correct["val"], labels["val"], classes,
+                         params.interval_confidence)
     test = coverage_at(choice.threshold, confidence["test"], correct["test"], labels["test"], classes,
                        params.interval_confidence)
     ece = {f"{split}_{when}": round(expected_calibration_error(probs[split], labels[split], params.ece_bins), 6)
@@ -175,10 +204,15 @@ def autolabel_report(model_name: str, logits: dict[str, Any], labels: dict[str, 
     summary = {
         "model": model_name, "temperature": temperature, "target_precision": params.target_precision,
         "reachable": choice.reachable, "threshold": choice.threshold,
-        "interval_confidence": params.interval_confidence,
-        "val": {"coverage": round(choice.coverage, 6),
-                "precision": None if choice.precision is None else round(choice.precision, 6),
-                "n_auto": choice.n_auto, "n": choice.n},
+        "interval_confidence": params.interval_confidence, "bound_confidence": params.bound_confidence,
+        "calibration": {"source": calibration.source, "coverage": round(choice.coverage, 6),
+                        "precision": None if choice.precision is None else round(choice.precision, 6),
+                        "precision_lower_bound": None if choice.precision_lower_bound is None
+                        else round(choice.precision_lower_bound, 6),
+                        "n_auto": choice.n_auto, "n": choice.n},
+        "val": {"coverage": round(on_val.coverage, 6),
+                "precision": None if on_val.precision is None else round(on_val.precision, 6),
+                "n_auto": on_val.n_auto, "n": on_val.n},
         "test": {"coverage": round(test.coverage, 6),
                  "precision": None if test.precision is None else round(test.precision, 6),
                  "precision_interval": _rounded_pair(test.precision_interval),
@@ -201,6 +235,8 @@ def autolabel_metrics(summary: dict[str, Any]) -> dict[str, float | None]:
     """The key figures of ``autolabel.json`` as flat metrics (evaluate's metrics.json, MLflow)."""
     return {
         "temperature": summary["temperature"], "autolabel_threshold": summary["threshold"],
+        "autolabel_coverage_calibration": summary["calibration"]["coverage"],
+        "autolabel_precision_bound_calibration": summary["calibration"]["precision_lower_bound"],
         "autolabel_coverage_val": summary["val"]["coverage"], "autolabel_coverage_test": summary["test"]["coverage"],
         "autolabel_precision_test": summary["test"]["precision"],
         "ece_test_before": summary["ece"]["test_before"], "ece_test_after": summary["ece"]["test_after"],
@@ -210,11 +246,16 @@ def autolabel_metrics(summary: dict[str, Any]) -> dict[str, float | None]:
 def autolabel_line(summary: dict[str, Any]) -> str:
     """One printed line: the threshold and what it gives on test, or that the target is unreachable."""
     target = summary["target_precision"]
+    source = summary["calibration"]["source"]
     if not summary["reachable"]:
-        return (f"{summary['model']}: auto-labelling target precision {target:.2f} unreachable on val "
-                f"(T {summary['temperature']:.3f}); nothing auto-labelled, coverage 0")
-    test = summary["test"]
+        return (f"{summary['model']}: auto-labelling target precision {target:.2f} unreachable with a "
+                f"{summary['bound_confidence']:.0%} lower bound on {source} (T {summary['temperature']:.3f}); "
+                "nothing auto-labelled, coverage 0")
+    test, fitted = summary["test"], summary["calibration"]
     precision = "n/a" if test["precision"] is None else f"{test['precision']:.3f}"
+    interval = test.get("precision_interval")
+    shown = f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
     return (f"{summary['model']}: auto-label at calibrated confidence >= {summary['threshold']:.4f} "
-            f"(T {summary['temperature']:.3f}, target precision {target:.2f} on val): test coverage "
-            f"{test['coverage']:.3f} ({test['n_auto']}/{test['n']}), precision {precision}")
+            f"(T {summary['temperature']:.3f}; on {source}: coverage {fitted['coverage']:.3f}, precision bound "
+            f"{fitted['precision_lower_bound']:.4f} >= {target:.2f}): test coverage "
+            f"{test['coverage']:.3f} ({test['n_auto']}/{test['n']}), precision {precision}{shown}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -136,15 +137,19 @@ def fit_model(
     *,
     frozen_backbone: bool,
     on_epoch: EpochCallback | None = None,
+    on_features: Callable[[ImageSet, ImageSet], None] | None = None,
 ) -> FitResult:
     """Full fine-tuning, or (``frozen_backbone``) the head alone on cached features.
 
+    ``on_features`` (frozen only) receives the cached train and val features once the head is fitted.
     Either way the result's ``fit_seconds`` / ``fit_cpu_seconds`` run from the first decoded batch to the trained
     model (for the frozen mode: feature extraction included), so the two modes compare on one column.
     """
     if not frozen_backbone:
         return fit(model, train_images, val_images, settings, runtime, generator, num_classes, on_epoch=on_epoch)
     freeze_backbone(model)
-    frozen, _, _ = fit_frozen(model, train_images, val_images, settings, runtime, generator, num_classes,
-                              on_epoch=on_epoch)
+    frozen, train_features, val_features = fit_frozen(model, train_images, val_images, settings, runtime, generator,
+                                                      num_classes, on_epoch=on_epoch)
+    if on_features is not None:  # e.g. cross-validation of the head, on the features already computed
+        on_features(train_features, val_features)
     return replace(frozen.fit, fit_seconds=frozen.fit_seconds, fit_cpu_seconds=frozen.fit_cpu_seconds)

@@ -12,9 +12,11 @@ import pandas as pd
 import torch
 
 from catalog_classifier.config.layout import Project
+from catalog_classifier.config.params import UncertaintyParams
 from catalog_classifier.data.imageset import decode_manifest
 from catalog_classifier.data.manifests import read_manifest
-from catalog_classifier.modeling.autolabel import AutolabelReport, autolabel_metrics, autolabel_report
+from catalog_classifier.modeling.autolabel import AutolabelReport, CalibrationSet, autolabel_metrics, autolabel_report
+from catalog_classifier.modeling.cross_validation import calibration_logits
 from catalog_classifier.modeling.evaluation import (
     classification_metrics,
     plot_confusion,
@@ -24,6 +26,8 @@ from catalog_classifier.modeling.evaluation import (
 from catalog_classifier.modeling.models import load_classifier
 from catalog_classifier.modeling.prediction import ImageClassifier, pipeline_inference_settings, single_image_latency
 from catalog_classifier.modeling.training import predict_logits
+from catalog_classifier.modeling.uncertainty import Interval, bootstrap_macro_f1
+from catalog_classifier.ops.io import read_json
 from catalog_classifier.ops.runtime import resolve_runtime
 
 
@@ -84,7 +88,11 @@ def evaluate_model(project: Project, model_name: str) -> Evaluation:
             results["inference_images_per_s"] = round(
                 _inference_throughput(model, images, params.evaluate.batch_size, runtime), 2)
             results["latency_ms"] = _single_image_latency(project, model, config, images.names)
-    autolabel = autolabel_report(model_name, logits, labels, classes, params.autolabel)
+    for split in ("val", "test"):
+        results[split]["f1_macro_interval"] = f1_interval(labels[split], logits[split].argmax(1).numpy(),
+                                                          len(classes), params.uncertainty).to_dict()
+    autolabel = autolabel_report(model_name, logits, labels, classes, params.autolabel,
+                                 calibration_set(project, model_name, logits["val"], labels["val"]))
     for split, frame in frames.items():  # the calibrated confidence and the decision, per image
         frame["calibrated_confidence"] = autolabel.confidence[split].round(6)
         frame["auto_labelled"] = autolabel.auto[split]
@@ -96,11 +104,33 @@ def evaluate_model(project: Project, model_name: str) -> Evaluation:
     return Evaluation(results, frames, autolabel)
 
 
+def f1_interval(truth: Any, predicted: Any, n_classes: int, uncertainty: UncertaintyParams) -> Interval:
+    """macro-F1 with its percentile bootstrap interval (params.uncertainty: level, resamples, seed)."""
+    return bootstrap_macro_f1(truth, predicted, n_classes, resamples=uncertainty.bootstrap_resamples,
+                              confidence=uncertainty.confidence, seed=uncertainty.seed)
+
+
+def calibration_set(project: Project, model_name: str, val_logits: Any, val_labels: Any) -> CalibrationSet:
+    """The out-of-fold predictions of the train stage's cross-validation when it ran (about 5x the images of
+    val), else the validation split."""
+    summary_file, oof_file = project.cv_summary(model_name), project.oof_predictions(model_name)
+    if summary_file.is_file() and oof_file.is_file():
+        summary = read_json(summary_file)
+        if summary.get("used"):
+            logits, labels = calibration_logits(pd.read_csv(oof_file, dtype={"image": str}))
+            return CalibrationSet(logits, labels, f"out-of-fold ({summary['folds']}-fold on train+val, "
+                                                  f"{len(labels)} images)")
+    return CalibrationSet(val_logits, val_labels, f"val ({len(val_labels)} images)")
+
+
 def class_report_markdown(model_name: str, results: dict[str, Any], classes: list[str]) -> str:
     lines = [f"# {model_name}", ""]
     for split in ("val", "test"):
         split_results = results[split]
-        lines += [f"## {split}: macro-F1 {split_results['f1_macro']:.4f}, "
+        interval = split_results.get("f1_macro_interval")
+        shown = (f" ({interval['confidence']:.0%} bootstrap interval {interval['low']:.4f}-{interval['high']:.4f})"
+                 if interval else "")
+        lines += [f"## {split}: macro-F1 {split_results['f1_macro']:.4f}{shown}, "
                   f"accuracy {split_results['accuracy']:.4f}", "",
                   "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
         for name in classes:

@@ -4,9 +4,10 @@ train/val images, and the fit (frozen or full) with what it measured. The train 
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -15,6 +16,13 @@ from catalog_classifier.config.layout import Project
 from catalog_classifier.config.params import TrainParams
 from catalog_classifier.data.imageset import ImageSet, decode_manifest
 from catalog_classifier.data.manifests import read_manifest
+from catalog_classifier.modeling.cross_validation import (
+    NOT_CHEAP,
+    CrossValidation,
+    concatenate,
+    cross_validate_head,
+    skipped,
+)
 from catalog_classifier.modeling.frozen import fit_model
 from catalog_classifier.modeling.models import Classifier, WeightsInfo, create_classifier
 from catalog_classifier.modeling.training import FitResult, settings_from
@@ -40,6 +48,9 @@ class TrainingJob:
     val_images: ImageSet
     decode_seconds: float
     n_classes: int
+    train_groups: list[str] = field(default_factory=list)  # near-duplicate group of each image (cv folds)
+    val_groups: list[str] = field(default_factory=list)
+    cv: CrossValidation | None = None
 
     @property
     def n_params(self) -> int:
@@ -51,10 +62,25 @@ class TrainingJob:
         return self.train_params.augment and not self.train_params.freeze_backbone
 
     def fit(self, on_epoch: Callable[[int, dict[str, float]], None]) -> FitResult:
-        """Early-stopped fit (head only on cached features when the backbone is frozen); model left contiguous."""
-        result = fit_model(self.model, self.train_images, self.val_images, settings_from(self.train_params),
-                           self.runtime, self.generator, self.n_classes,
-                           frozen_backbone=self.train_params.freeze_backbone, on_epoch=on_epoch)
+        """Early-stopped fit (head only on cached features when the backbone is frozen); model left contiguous.
+
+        A frozen backbone also gets its head cross-validated on train+val (``self.cv``, outside the fit time); a
+        full fine-tuning keeps the validation split (``self.cv.used`` False, with the reason).
+        """
+        settings = settings_from(self.train_params)
+        cv = self.train_params.cv
+        self.cv = skipped(NOT_CHEAP, cv.folds, cv.repeats)
+        untrained_head = copy.deepcopy(self.model.backbone.get_classifier())
+
+        def cross_validate(train_features: ImageSet, val_features: ImageSet) -> None:
+            self.cv = cross_validate_head(untrained_head, concatenate(train_features, val_features),
+                                          [*self.train_groups, *self.val_groups], settings, self.runtime,
+                                          folds=cv.folds, repeats=cv.repeats, seed=self.train_params.seed,
+                                          num_classes=self.n_classes)
+
+        result = fit_model(self.model, self.train_images, self.val_images, settings, self.runtime, self.generator,
+                           self.n_classes, frozen_backbone=self.train_params.freeze_backbone, on_epoch=on_epoch,
+                           on_features=cross_validate)
         self.model = self.model.to(memory_format=torch.contiguous_format)
         return result
 
@@ -99,7 +125,14 @@ def prepare_training(project: Project, model_name: str) -> TrainingJob:
     train_params = train_params.recipe_for(weights.used)
     images_dir = project.path(params.data.images_dir)
     decode_started = time.perf_counter()
-    train_images = decode_manifest(read_manifest(project, "train"), images_dir, model.data_config)
-    val_images = decode_manifest(read_manifest(project, "val"), images_dir, model.data_config)
+    manifests = {split: read_manifest(project, split) for split in ("train", "val")}
+    train_images = decode_manifest(manifests["train"], images_dir, model.data_config)
+    val_images = decode_manifest(manifests["val"], images_dir, model.data_config)
     return TrainingJob(model_name, model, weights, train_params, runtime, generator, train_images, val_images,
-                       time.perf_counter() - decode_started, len(params.data.classes))
+                       time.perf_counter() - decode_started, len(params.data.classes),
+                       train_groups=group_column(manifests["train"]), val_groups=group_column(manifests["val"]))
+
+
+def group_column(manifest: Any) -> list[str]:
+    """Each row's near-duplicate group (a manifest from before groups existed: its content hash)."""
+    return [str(key) for key in (manifest["group"] if "group" in manifest else manifest["sha256"])]

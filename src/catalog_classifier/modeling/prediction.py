@@ -74,6 +74,10 @@ class Calibration:
     threshold: float | None = None  # None: no confidence reaches the target precision, every row needs review
     target_precision: float | None = None
     test_coverage: float | None = None  # share of the evaluate stage's test images at or above the threshold
+    # What the threshold was fitted on and promises there: share auto-labelled, one-sided precision lower bound.
+    calibration_source: str | None = None
+    calibration_coverage: float | None = None
+    precision_lower_bound: float | None = None
 
     @classmethod
     def from_autolabel(cls, payload: dict[str, Any], source: Path | str) -> Calibration:
@@ -83,9 +87,15 @@ class Calibration:
             raise CorruptFileError(f"{source}: temperature must be a positive number, got {payload['temperature']!r}")
         threshold = payload.get("threshold") if payload.get("reachable") else None
         coverage = (payload.get("test") or {}).get("coverage")
+        fitted = payload.get("calibration") or {}
+
+        def number(value: Any) -> float | None:
+            return None if value is None else float(value)
+
         return cls(temperature=temperature, threshold=None if threshold is None else float(threshold),
-                   target_precision=float(payload["target_precision"]),
-                   test_coverage=None if coverage is None else float(coverage))
+                   target_precision=float(payload["target_precision"]), test_coverage=number(coverage),
+                   calibration_source=fitted.get("source"), calibration_coverage=number(fitted.get("coverage")),
+                   precision_lower_bound=number(fitted.get("precision_lower_bound")))
 
     @classmethod
     def read(cls, path: Path) -> Calibration:

@@ -8,6 +8,7 @@ touches. A figure a version does not carry (registered before it was recorded) i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -26,10 +27,29 @@ def _figure(tags: Mapping[str, str], key: str, spec: str) -> str | None:
         return None
 
 
+def _interval(tags: Mapping[str, str], key: str, spec: str) -> str:
+    """`` [low, high]`` from a JSON pair tag; empty when missing or malformed."""
+    try:
+        low, high = json.loads(tags[key])
+        return f" [{format(float(low), spec)}, {format(float(high), spec)}]"
+    except (KeyError, ValueError, TypeError):
+        return ""
+
+
+def _with_interval(tags: Mapping[str, str], key: str, spec: str = ".4f") -> str | None:
+    value = _figure(tags, key, spec)
+    return None if value is None else value + _interval(tags, f"{key}_interval", spec)
+
+
 def _figures_table(tags: Mapping[str, str]) -> list[str]:
-    rows = [("validation (chose this model among the pipeline's)", _figure(tags, "val_f1_macro", ".4f")),
-            ("test split (evaluate stage)", _figure(tags, "test_f1_macro", ".4f"))]
-    gate = _figure(tags, "challenger_f1_macro", ".4f")
+    confidence = _figure(tags, "interval_confidence", ".0%") or "95%"
+    cv = _figure(tags, "cv_f1_macro_mean", ".4f")
+    rows = [("cross-validated on train+val, mean ± sd (chose this model)",
+             None if cv is None else f"{cv} ± {_figure(tags, 'cv_f1_macro_sd', '.4f') or '?'}"),
+            ("validation" + ("" if cv else " (chose this model among the pipeline's)"),
+             _with_interval(tags, "val_f1_macro")),
+            ("test split (evaluate stage)", _with_interval(tags, "test_f1_macro"))]
+    gate = _with_interval(tags, "challenger_f1_macro")
     if gate is not None:
         champion = tags.get("compared_with", "none")
         images = (f"{tags.get('n_images', '?')} test images" if champion == "none" else
@@ -38,7 +58,8 @@ def _figures_table(tags: Mapping[str, str]) -> list[str]:
     shown = [(label, value) for label, value in rows if value is not None]
     if not shown:
         return []
-    return ["| macro-F1 | |", "|---|---:|", *(f"| {label} | {value} |" for label, value in shown)]
+    return [f"| macro-F1 [{confidence} bootstrap interval] | |", "|---|---:|",
+            *(f"| {label} | {value} |" for label, value in shown)]
 
 
 def _gate_lines(tags: Mapping[str, str]) -> list[str]:
@@ -58,10 +79,15 @@ def _gate_lines(tags: Mapping[str, str]) -> list[str]:
         if minimum is not None:
             details.append(f"minimum {minimum}")
         lines.append(f"- Auto-label coverage: **{coverage}**" + (f" ({', '.join(details)})" if details else ""))
+    bound = _figure(tags, "calibration_precision_bound", ".4f")
+    if bound is not None:
+        lines.append(f"- Precision promise: lower bound {bound} at coverage "
+                     f"{_figure(tags, 'calibration_coverage', '.3f')} on {tags.get('calibration_source', '?')}")
     champion = _figure(tags, "champion_f1_macro", ".4f")
     if champion is not None:
-        lines.append(f"- Against champion v{tags.get('compared_with', '?')}: its macro-F1 {champion}, delta "
-                     f"{_figure(tags, 'delta', '+.4f')} (needed >= {_figure(tags, 'min_delta', 'g')})")
+        lines.append(f"- Against champion v{tags.get('compared_with', '?')}: its macro-F1 {champion}; difference "
+                     f"{_figure(tags, 'delta', '+.4f')}, paired interval{_interval(tags, 'delta_interval', '+.4f')} on "
+                     f"{tags.get('n_images', '?')} images (lower end needed > {_figure(tags, 'min_delta', 'g')})")
     elif tags.get("compared_with") == "none":
         lines.append("- No champion yet: judged on the class F1 floor and coverage only")
     return lines

@@ -1,13 +1,18 @@
 """The promotion rule, as pure functions: which images both models are judged on, and who wins.
 
-A challenger replaces the champion only when, on the same images, its macro-F1 beats the champion's by at least
-``min_delta`` and none of its class F1 scores is below ``class_f1_floor``. "The same images" is today's test
-split minus every image the champion was trained on (by file name or content hash), so the champion is
-never judged on photos it has memorised. The first model (no champion) must pass the floor only.
+A challenger replaces the champion only when, on the same images, it is better beyond what the sample can explain:
+a paired bootstrap (images resampled with replacement, both models scored on each resample) gives an interval of
+macro-F1(challenger) - macro-F1(champion), and its lower end must exceed ``min_delta`` (0: significantly better at
+``uncertainty.confidence``). A retrain of the same recipe with another seed differs by noise and stays challenger.
+None of the challenger's class F1 scores may be below ``class_f1_floor``. "The same images" is today's test split
+minus every image the champion was trained on (by file name or content hash), so neither model is judged on photos
+it has memorised. The first model (no champion) must pass the floor only.
 
-Auto-labelling adds one rule for every challenger, the first included: at its own calibrated threshold (the one
-that reached ``autolabel.target_precision`` on validation), it must auto-label at least ``min_coverage`` of the
-shared images. A model that is accurate but confident on too few photos saves no manual labelling. 0 disables it.
+Auto-labelling adds two rules for every challenger, the first included. Its promise: the calibration predictions
+(out-of-fold, else val) must give a threshold at which a one-sided lower confidence bound of precision reaches
+``autolabel.target_precision`` while auto-labelling at least ``min_coverage`` of them; and at that threshold it
+must auto-label at least ``min_coverage`` of the shared images too. A model that is accurate but confident on too
+few photos saves no manual labelling. 0 disables both.
 
 Scores are computed over the classes present in the shared images: removing the champion's training images
 can leave a class with no test image, and an F1 of 0 for a class nobody could be tested on would decide
@@ -22,6 +27,9 @@ from typing import Any
 
 import pandas as pd
 from sklearn.metrics import f1_score
+
+from catalog_classifier.config.params import UncertaintyParams
+from catalog_classifier.modeling.uncertainty import bootstrap_macro_f1, paired_bootstrap_delta
 
 # F1 values are ratios of small integers: a delta equal to min_delta must not be lost to rounding.
 TOLERANCE = 1e-9
@@ -92,6 +100,37 @@ def autolabel_figures(true_labels: Sequence[str], predicted: Sequence[str], conf
             "precision": right / n_auto if n_auto else None}
 
 
+@dataclass(frozen=True)
+class AutolabelPromise:
+    """What the challenger's calibration promises: the threshold (None: the bound never reached the target), the
+    share of calibration images it auto-labels, the precision bound there, and what it was fitted on."""
+
+    threshold: float | None
+    coverage: float | None
+    precision_lower_bound: float | None
+    target_precision: float | None
+    source: str | None = None
+
+
+def _encode(labels: Sequence[str], classes: Sequence[str]) -> list[int]:
+    index = {name: position for position, name in enumerate(classes)}
+    unknown = len(classes)  # a label outside the configured classes: an error of every class, never a hit
+    return [index.get(label, unknown) for label in labels]
+
+
+def _promise_failure(promise: AutolabelPromise | None, min_coverage: float) -> str | None:
+    if min_coverage <= 0 or promise is None:
+        return None
+    target = "?" if promise.target_precision is None else f"{promise.target_precision:g}"
+    where = f" on {promise.source}" if promise.source else ""
+    if promise.threshold is None:
+        return f"auto-label precision: no threshold's lower bound reaches the target {target}{where}"
+    if (promise.coverage or 0.0) < min_coverage - TOLERANCE:
+        return (f"auto-label precision: the lower bound reaches {target} only at coverage {promise.coverage:.3f}"
+                f"{where}, below the minimum {min_coverage:g}")
+    return None
+
+
 def decide(
     true_labels: Sequence[str],
     challenger: Sequence[str],
@@ -100,22 +139,32 @@ def decide(
     *,
     min_delta: float,
     class_f1_floor: float,
+    uncertainty: UncertaintyParams,
     coverage: float | None = None,
     min_coverage: float = 0.0,
+    promise: AutolabelPromise | None = None,
 ) -> Decision:
     """Apply the rule to per-image predicted labels of both models on the same images (champion None: first).
 
     ``coverage`` is the challenger's auto-label coverage on those images (None: not measured, counts as 0 when
-    ``min_coverage`` > 0).
+    ``min_coverage`` > 0); ``promise`` its calibration's precision bound (None: not checked).
     """
     if not true_labels:
         return Decision(False, "no shared test image: the champion was trained on every test image", {
             "n_images": 0, "min_delta": min_delta, "class_f1_floor": class_f1_floor, "min_coverage": min_coverage})
     mine = score(true_labels, challenger, classes)
     weakest_class, weakest_f1 = mine.weakest
+    truth_ids = _encode(true_labels, classes)
+    width = len(classes) + 1
+    statistics = {"resamples": uncertainty.bootstrap_resamples, "confidence": uncertainty.confidence,
+                  "seed": uncertainty.seed}
+    mine_interval = bootstrap_macro_f1(truth_ids, _encode(challenger, classes), width, **statistics)
     figures: dict[str, Any] = {
         "n_images": len(true_labels),
         "challenger_f1_macro": round(mine.f1_macro, 6),
+        "challenger_f1_macro_interval": [round(mine_interval.low, 6), round(mine_interval.high, 6)],
+        "interval_confidence": uncertainty.confidence,
+        "bootstrap_resamples": uncertainty.bootstrap_resamples,
         "challenger_class_f1": {name: round(value, 6) for name, value in mine.per_class.items()},
         "weakest_class": weakest_class,
         "weakest_class_f1": round(weakest_f1, 6),
@@ -133,6 +182,12 @@ def decide(
     covered = coverage or 0.0
     if min_coverage > 0 and covered < min_coverage - TOLERANCE:
         failures.append(f"auto-label coverage {covered:.3f} below the minimum {min_coverage:g}")
+    promise_failure = _promise_failure(promise, min_coverage)
+    if promise is not None:
+        figures.update(calibration_coverage=promise.coverage, calibration_precision_bound=promise.precision_lower_bound,
+                       calibration_source=promise.source)
+    if promise_failure:
+        failures.append(promise_failure)
     if champion is None:
         if failures:
             return Decision(False, "first model: " + "; ".join(failures), figures)
@@ -140,16 +195,19 @@ def decide(
                               f"(weakest {weakest_class} {weakest_f1:.3f}){_covered(covered, min_coverage)}",
                         figures)
     theirs = score(true_labels, champion, classes)
-    delta = mine.f1_macro - theirs.f1_macro
-    figures.update(champion_f1_macro=round(theirs.f1_macro, 6), delta=round(delta, 6),
+    paired = paired_bootstrap_delta(truth_ids, _encode(challenger, classes), _encode(champion, classes), width,
+                                    **statistics)
+    figures.update(champion_f1_macro=round(theirs.f1_macro, 6), delta=round(paired.estimate, 6),
+                   delta_interval=[round(paired.low, 6), round(paired.high, 6)],
                    champion_class_f1={name: round(value, 6) for name, value in theirs.per_class.items()})
-    comparison = (f"macro-F1 {mine.f1_macro:.4f} vs champion {theirs.f1_macro:.4f} ({delta:+.4f}) "
-                  f"on {len(true_labels)} images")
-    if not (delta > TOLERANCE and delta >= min_delta - TOLERANCE):
-        failures.insert(0, f"{comparison}: does not beat it by {min_delta:g}")
+    comparison = (f"macro-F1 {mine.f1_macro:.4f} vs champion {theirs.f1_macro:.4f}: difference "
+                  f"{paired.estimate:+.4f}, paired {uncertainty.confidence:.0%} interval "
+                  f"[{paired.low:+.4f}, {paired.high:+.4f}] on {len(true_labels)} images")
+    if not paired.low > min_delta + TOLERANCE:
+        failures.insert(0, f"{comparison}: its lower end is not above {min_delta:g}")
     if failures:
         return Decision(False, "; ".join(failures), figures)
-    return Decision(True, f"{comparison}: beats it by >= {min_delta:g}; every class F1 >= {class_f1_floor:g}"
+    return Decision(True, f"{comparison}: lower end above {min_delta:g}; every class F1 >= {class_f1_floor:g}"
                           f"{_covered(covered, min_coverage)}", figures)
 
 

@@ -16,6 +16,7 @@ how much of the gate's images the challenger auto-labelled at that threshold.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -35,7 +36,13 @@ from catalog_classifier.modeling.prediction import (
 )
 from catalog_classifier.ops.io import read_json
 from catalog_classifier.registry.descriptions import refresh_description
-from catalog_classifier.registry.gate import Decision, autolabel_figures, decide, shared_test_images
+from catalog_classifier.registry.gate import (
+    AutolabelPromise,
+    Decision,
+    autolabel_figures,
+    decide,
+    shared_test_images,
+)
 from catalog_classifier.registry.locking import choose_lock
 from catalog_classifier.registry.selection import weights_label
 from catalog_classifier.registry.served import TRAIN_MANIFEST, load_served_model, log_served_model
@@ -105,9 +112,17 @@ def model_facts(project: Project, model_name: str) -> dict[str, Any]:
         metrics = read_json(evaluated)
         facts.update(val_f1_macro=round(metrics["val"]["f1_macro"], 6),
                      test_f1_macro=round(metrics["test"]["f1_macro"], 6))
+        for split in ("val", "test"):
+            interval = metrics[split].get("f1_macro_interval")
+            if interval:
+                facts[f"{split}_f1_macro_interval"] = json.dumps([interval["low"], interval["high"]])
     trained = project.train_metrics(model_name)
     if trained.is_file():
-        facts["weights"] = weights_label(read_json(trained))
+        trained_metrics = read_json(trained)
+        facts["weights"] = weights_label(trained_metrics)
+        if trained_metrics.get("cv_f1_macro_mean") is not None:
+            facts.update(cv_f1_macro_mean=trained_metrics["cv_f1_macro_mean"],
+                         cv_f1_macro_sd=trained_metrics["cv_f1_macro_sd"])
     return facts
 
 
@@ -130,9 +145,14 @@ def judge(project: Project, challenger: ImageClassifier, model_name: str, champi
     truth = list(shared["label"])
     labels, confidences = _predictions(challenger, paths)
     auto = autolabel_figures(truth, labels, confidences, challenger.calibration.threshold)
+    calibration = challenger.calibration
+    promise = AutolabelPromise(threshold=calibration.threshold, coverage=calibration.calibration_coverage,
+                               precision_lower_bound=calibration.precision_lower_bound,
+                               target_precision=calibration.target_precision, source=calibration.calibration_source)
     decision = decide(truth, labels, champion_labels, params.data.classes, min_delta=params.registry.min_delta,
-                      class_f1_floor=params.registry.class_f1_floor,
-                      coverage=auto["coverage"] if truth else None, min_coverage=params.registry.min_coverage)
+                      class_f1_floor=params.registry.class_f1_floor, uncertainty=params.uncertainty,
+                      coverage=auto["coverage"] if truth else None, min_coverage=params.registry.min_coverage,
+                      promise=promise)
     decision.figures.update(n_excluded=len(excluded), compared_with=champion or "none", challenger_model=model_name)
     if truth:
         precision = auto["precision"]
@@ -238,14 +258,17 @@ def describe(report: dict[str, Any]) -> str:
         f"{figures.get('n_images', 0)} ({figures.get('n_excluded', 0)} excluded: in the champion's training set)",
     ]
     if "challenger_f1_macro" in figures:
-        lines.append(f"  challenger macro-F1 {figures['challenger_f1_macro']:.4f}, weakest class "
-                     f"{figures['weakest_class']} {figures['weakest_class_f1']:.3f} "
+        low, high = figures.get("challenger_f1_macro_interval") or (float("nan"), float("nan"))
+        lines.append(f"  challenger macro-F1 {figures['challenger_f1_macro']:.4f} [{low:.4f}, {high:.4f}], "
+                     f"weakest class {figures['weakest_class']} {figures['weakest_class_f1']:.3f} "
                      f"(floor {figures['class_f1_floor']:g})")
     if "challenger_coverage" in figures:
         lines.append(_coverage_line(figures))
     if "champion_f1_macro" in figures:
-        lines.append(f"  champion macro-F1 {figures['champion_f1_macro']:.4f}, delta {figures['delta']:+.4f} "
-                     f"(needed >= {figures['min_delta']:g})")
+        low, high = figures["delta_interval"]
+        lines.append(f"  champion macro-F1 {figures['champion_f1_macro']:.4f}, difference {figures['delta']:+.4f}, "
+                     f"paired {figures['interval_confidence']:.0%} interval [{low:+.4f}, {high:+.4f}] on "
+                     f"{figures['n_images']} images (lower end needed > {figures['min_delta']:g})")
     if not report["dry_run"]:
         lines.append(f"  champion now: {_version(report['champion_after'])}")
     return "\n".join(lines)

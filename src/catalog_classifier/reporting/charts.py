@@ -165,3 +165,45 @@ def precision_coverage_figure(model: ModelInputs) -> Figure | None:
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower left")
     return figure
+
+
+THUMBNAIL = 96  # px: each image of a near-duplicate pair in the data section's sheet
+SHEET_COLUMNS = 4  # pairs per row
+
+
+def near_duplicates_png(pairs: list[dict[str, Any]], images_dir: Path | None) -> bytes | None:
+    """One sheet of thumbnails, a pair per cell (first | second) with its hash distances, so a reader can check
+    the threshold by eye. None when there is no pair or no image folder; an unreadable image is left grey."""
+    from PIL import Image, ImageDraw
+
+    if not pairs or images_dir is None:
+        return None
+    cell_w, cell_h = 2 * THUMBNAIL + 12, THUMBNAIL + 16
+    rows = -(-len(pairs) // SHEET_COLUMNS)
+    sheet = Image.new("RGB", (SHEET_COLUMNS * cell_w, rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for index, pair in enumerate(pairs):
+        left, top = (index % SHEET_COLUMNS) * cell_w, (index // SHEET_COLUMNS) * cell_h
+        for offset, name in enumerate((pair["first"], pair["second"])):
+            sheet.paste(_thumbnail(images_dir / name), (left + offset * THUMBNAIL, top))
+        mirrored = " mirrored" if pair.get("mirrored") else ""
+        draw.text((left, top + THUMBNAIL + 2), f"{pair['first'][:6]}/{pair['second'][:6]} "
+                  f"d{pair['dhash_bits']} p{pair['phash_bits']}{mirrored}", fill="black")
+    encoded = io.BytesIO()
+    sheet.save(encoded, format="PNG", optimize=True)
+    return encoded.getvalue()
+
+
+def _thumbnail(path: Path) -> Any:
+    from PIL import Image
+
+    tile = Image.new("RGB", (THUMBNAIL, THUMBNAIL), "#dddddd")
+    try:
+        with Image.open(path) as opened:
+            opened.draft("RGB", (THUMBNAIL * 2, THUMBNAIL * 2))
+            image = opened.convert("RGB")
+    except (OSError, ValueError):
+        return tile
+    image.thumbnail((THUMBNAIL, THUMBNAIL))
+    tile.paste(image, ((THUMBNAIL - image.width) // 2, (THUMBNAIL - image.height) // 2))
+    return tile

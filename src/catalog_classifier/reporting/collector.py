@@ -103,6 +103,7 @@ class ReportInputs:
     generated_at: str = ""
     context: dict[str, str] = field(default_factory=dict)  # shown in the header, e.g. git commit, data version
     sources: list[str] = field(default_factory=list)  # the files read, relative to the project root
+    images_dir: Path | None = None  # data.images_dir: thumbnails of the near-duplicate pairs
 
 
 
@@ -193,6 +194,7 @@ def collect(project: Project, registry: RegistryState, generated_at: str = "",
         comparison=comparison, promotion=promotion, class_f1_floor=params.registry.class_f1_floor,
         generated_at=generated_at, context=dict(context or {}),
         sources=[_relative(path, project.root) for path in sources if path.is_file()],
+        images_dir=project.path(params.data.images_dir),
     )
 
 
@@ -251,6 +253,10 @@ class ComparisonRow:
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     weights_used: str | None
+    test_interval: tuple[float, float] | None = None  # bootstrap interval of test macro-F1
+    val_interval: tuple[float, float] | None = None
+    cv_mean: float | None = None  # cross-validated macro-F1 on train+val (None: selected on val)
+    cv_sd: float | None = None
 
 
 def comparison_rows(models: list[ModelInputs]) -> list[ComparisonRow]:
@@ -267,8 +273,15 @@ def comparison_rows(models: list[ModelInputs]) -> list[ComparisonRow]:
             best_epoch=trained.get("best_epoch"), n_params=trained.get("n_params"),
             images_per_s=evaluated.get("inference_images_per_s"), latency_p50_ms=latency.get("p50"),
             latency_p95_ms=latency.get("p95"), weights_used=weights_label(trained),
+            test_interval=_interval(evaluated["test"]), val_interval=_interval(evaluated.get("val") or {}),
+            cv_mean=trained.get("cv_f1_macro_mean"), cv_sd=trained.get("cv_f1_macro_sd"),
         ))
     return rows
+
+
+def _interval(split: dict[str, Any]) -> tuple[float, float] | None:
+    interval = split.get("f1_macro_interval")
+    return None if not interval else (float(interval["low"]), float(interval["high"]))
 
 
 def best_model(inputs: ReportInputs) -> str:
@@ -278,4 +291,5 @@ def best_model(inputs: ReportInputs) -> str:
     if chosen in names:
         return chosen
     return select_candidate([{"model": row.model, "val_f1_macro": row.val_f1_macro or 0.0,
-                              "n_params": row.n_params or 0} for row in comparison_rows(inputs.models)])
+                              "cv_f1_macro_mean": row.cv_mean, "n_params": row.n_params or 0}
+                             for row in comparison_rows(inputs.models)])

@@ -24,6 +24,7 @@ from catalog_classifier.reporting.charts import (
     EmbedSettings,
     embed_image,
     learning_curves_png,
+    near_duplicates_png,
     per_class_f1_png,
     precision_coverage_png,
 )
@@ -44,18 +45,19 @@ TEMPLATE = "report.html.j2"
 SECTIONS = [("overview", "Overview"), ("data", "Data"), ("comparison", "Model comparison"),
             ("curves", "Learning curves"), ("confusion", "Confusion matrices"), ("per-class", "Per-class F1"),
             ("autolabel", "Auto-labelling"), ("explanations", "Explanations"), ("registry", "Registry")]
-COMPARISON_HEADER = ["model", "test macro-F1", "val macro-F1", "test accuracy", "fit time", "fit CPU time",
-                     "epochs run (best)", "parameters (M)", "throughput (img/s, batched)",
-                     "latency p50 / p95 (ms, 1 image)", "weights"]
+COMPARISON_HEADER = ["model", "test macro-F1 [95% CI]", "val macro-F1 [95% CI]", "CV macro-F1 mean ± sd",
+                     "test accuracy", "fit time", "fit CPU time", "epochs run (best)", "parameters (M)",
+                     "throughput (img/s, batched)", "latency p50 / p95 (ms, 1 image)", "weights"]
 FAITHFULNESS_METHODS = {"gradcam": "Grad-CAM", "shap": "SHAP", "random": "random baseline"}
 CLASS_FIGURES = [
     ("gradcam_class_means.png", "Grad-CAM: mean heatmap of each true class (test split)"),
     ("shap_summary.png", "SHAP on a test sample: where the evidence for the predicted class lies"),
     ("faithfulness.png", "Faithfulness: deletion (lower is better) and insertion (higher is better) curves"),
 ]
-AUTOLABEL_HEADER = ["model", "T", "test ECE before → after", "target precision", "threshold (val)",
-                    "test coverage (n) [interval]", "test precision [interval]", "weakest class (test coverage)"]
-UNREACHABLE = "target not reachable on validation: nothing auto-labelled"
+AUTOLABEL_HEADER = ["model", "T", "test ECE before → after", "target precision", "threshold",
+                    "fitted on: coverage, precision lower bound", "test coverage (n) [interval]",
+                    "test precision [interval]", "weakest class (test coverage)"]
+UNREACHABLE = "no threshold: the precision bound never reaches the target; nothing auto-labelled"
 VERSION_NOTES = [("previous_champion", "replaced v{}"), ("rolled_back_at", "rolled back at {}"),
                  ("rolled_back_to", "champion went back to v{}"), ("restored_at", "restored as champion at {}")]
 
@@ -181,7 +183,11 @@ def audit_facts(quality: dict[str, Any]) -> list[tuple[str, Any]]:
         ("unreadable image files", len(quality.get("unreadable_files", []))),
         ("duplicate groups (identical files)", quality.get("duplicate_group_count")),
         ("images in duplicate groups", quality.get("images_in_duplicate_groups")),
+        ("near-duplicate pairs (beyond identical files)", len(quality.get("near_duplicate_pairs", []))),
+        ("near-duplicate groups (kept on one side of the split)", quality.get("near_duplicate_group_count")),
+        ("images in near-duplicate groups", quality.get("images_in_near_duplicate_groups")),
         ("rows excluded", quality.get("excluded")),
+        ("split", (quality.get("split_assignment") or {}).get("how")),
     ]
 
 
@@ -219,8 +225,9 @@ def comparison_cells(row: ComparisonRow) -> list[tuple[str, str]]:
                else f"{row.latency_p50_ms:.1f} / {fmt(row.latency_p95_ms, '.1f')}")
     epochs = MISSING_VALUE if row.epochs_run is None else f"{row.epochs_run} ({fmt(row.best_epoch)})"
     return [
-        ("f1-test", f"{row.test_f1_macro:.4f}"),
-        ("f1-val", fmt(row.val_f1_macro, ".4f")),
+        ("f1-test", f"{row.test_f1_macro:.4f}{bracket(row.test_interval)}"),
+        ("f1-val", fmt(row.val_f1_macro, ".4f") + ("" if row.val_f1_macro is None else bracket(row.val_interval))),
+        ("f1-cv", MISSING_VALUE if row.cv_mean is None else f"{row.cv_mean:.4f} ± {fmt(row.cv_sd, '.4f')}"),
         ("accuracy", fmt(row.test_accuracy, ".4f")),
         ("fit-time", duration(row.fit_time_s)),
         ("fit-cpu", duration(row.fit_cpu_time_s)),
@@ -230,6 +237,11 @@ def comparison_cells(row: ComparisonRow) -> list[tuple[str, str]]:
         ("latency", latency),
         ("weights", fmt(row.weights_used)),
     ]
+
+
+def bracket(pair: tuple[float, float] | None) -> str:
+    """`` [0.861, 0.948]`` (a bootstrap interval under its figure), empty when the figure has none."""
+    return "" if pair is None else f" [{pair[0]:.3f}, {pair[1]:.3f}]"
 
 
 def spread_lines(models: list[ModelInputs]) -> list[str]:
@@ -306,10 +318,19 @@ def autolabel_cells(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("al-ece", f"{fmt(ece.get('test_before'), '.3f')} → {fmt(ece.get('test_after'), '.3f')}"),
         ("al-target", fmt(summary.get("target_precision"), "g")),
         ("al-threshold", f"{threshold:.4f}" if reached else UNREACHABLE),
+        ("al-calibration", calibration_fit(summary.get("calibration") or {})),
         ("al-coverage", coverage),
         ("al-precision", f"{fmt(test.get('precision'), '.3f')}{interval(test.get('precision_interval'))}"),
         ("al-weakest", weakest_coverage(test.get("per_class_coverage") or {})),
     ]
+
+
+def calibration_fit(fitted: dict[str, Any]) -> str:
+    """Where temperature and threshold were fitted, and what the threshold promises there."""
+    if not fitted:
+        return MISSING_VALUE
+    return (f"{fitted.get('source', MISSING_VALUE)}: coverage {fmt(fitted.get('coverage'), '.3f')}, "
+            f"bound {fmt(fitted.get('precision_lower_bound'), '.4f')}")
 
 
 def selected_inputs(inputs: ReportInputs, best: str) -> ModelInputs:
@@ -333,7 +354,8 @@ def calibration_text(tags: dict[str, str]) -> str | None:
         return None
     threshold = tags.get("autolabel_threshold", "none")
     if threshold == "none":
-        rule = "no auto-label threshold (target precision not reachable on validation: every prediction is reviewed)"
+        rule = ("no auto-label threshold (its precision bound never reached the target on the calibration "
+                "predictions: every prediction is reviewed)")
     else:
         rule = (f"auto-labels at calibrated confidence ≥ {_number(threshold, '.4f')} "
                 f"(target precision {_number(tags.get('autolabel_target_precision'), 'g')})")
@@ -389,10 +411,18 @@ def study_example(inputs: ReportInputs, selected: str) -> StudyExample:
 
 def compared_figures(figures: dict[str, Any]) -> list[str]:
     """What the promotion gate compared, one phrase per check."""
-    compared = [f"challenger macro-F1 {fmt(figures.get('challenger_f1_macro'), '.4f')}"]
+    own = figures.get("challenger_f1_macro_interval")
+    compared = [f"challenger macro-F1 {fmt(figures.get('challenger_f1_macro'), '.4f')}"
+                f"{bracket(tuple(own) if own else None)} on {fmt(figures.get('n_images'))} images"]
     if "champion_f1_macro" in figures:
+        paired = figures.get("delta_interval")
+        shown = "" if not paired else f", paired interval [{paired[0]:+.4f}, {paired[1]:+.4f}]"
         compared.append(f"champion macro-F1 {fmt(figures.get('champion_f1_macro'), '.4f')} "
-                        f"(delta {fmt(figures.get('delta'), '+.4f')}, needed ≥ {fmt(figures.get('min_delta'), 'g')})")
+                        f"(difference {fmt(figures.get('delta'), '+.4f')}{shown}; its lower end must exceed "
+                        f"{fmt(figures.get('min_delta'), 'g')})")
+    if figures.get("calibration_precision_bound") is not None:
+        compared.append(f"precision promise: lower bound {figures['calibration_precision_bound']:.4f} at coverage "
+                        f"{fmt(figures.get('calibration_coverage'), '.3f')} on {figures.get('calibration_source')}")
     if "weakest_class" in figures:
         compared.append(f"weakest class {figures['weakest_class']} {fmt(figures.get('weakest_class_f1'), '.3f')}"
                         f" (floor {fmt(figures.get('class_f1_floor'), 'g')})")
@@ -404,7 +434,7 @@ def compared_figures(figures: dict[str, Any]) -> list[str]:
 def coverage_phrase(figures: dict[str, Any]) -> str:
     """The gate's min-coverage rule: the share the challenger auto-labelled at its own threshold, and the minimum."""
     threshold = figures.get("challenger_autolabel_threshold")
-    at = ("no threshold (target precision not reachable on validation)" if threshold is None
+    at = ("no threshold (the precision bound never reached the target)" if threshold is None
           else f"threshold {threshold:.4f}")
     minimum = figures.get("min_coverage") or 0
     rule = f"minimum {minimum:g}" if minimum else "no minimum (registry.min_coverage 0)"
@@ -459,6 +489,7 @@ def render_html(inputs: ReportInputs, settings: EmbedSettings | None = None) -> 
         champion_calibration=calibration_text(champion.tags) if champion else None,
         autolabel_header=AUTOLABEL_HEADER, autolabel_cells=autolabel_cells, selected=selected,
         precision_coverage_png=precision_coverage_png(selected),
+        near_duplicates_png=near_duplicates_png(inputs.quality.get("near_duplicate_pairs") or [], inputs.images_dir),
         compared=compared_figures((inputs.promotion or {}).get("figures") or {}),
         embed=partial(embed_image, settings=settings), dash=MISSING_VALUE, CHAMPION=CHAMPION,
     ) + "\n"

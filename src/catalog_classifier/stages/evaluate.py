@@ -38,6 +38,8 @@ def run_evaluate(project: Project, model_name: str) -> dict[str, Any]:
         mlflow.log_metrics({
             "val/f1_macro_final": results["val"]["f1_macro"], "val/accuracy": results["val"]["accuracy"],
             "test/f1_macro": results["test"]["f1_macro"], "test/accuracy": results["test"]["accuracy"],
+            **{f"{split}/f1_macro_{end}": results[split]["f1_macro_interval"][end]
+               for split in ("val", "test") for end in ("low", "high")},
             "inference_images_per_s": results["inference_images_per_s"],
             "latency_p50_ms": results["latency_ms"]["p50"], "latency_p95_ms": results["latency_ms"]["p95"],
             **{metric_key(f"test/f1/{name}"): values["f1"] for name, values in results["test"]["per_class"].items()},
@@ -46,7 +48,9 @@ def run_evaluate(project: Project, model_name: str) -> dict[str, Any]:
         for name in ("metrics.json", "predictions.csv", "val_predictions.csv", "confusion.png", "report.md",
                      "autolabel.json", "precision_coverage.csv", "reliability.png"):
             mlflow.log_artifact(str(out_dir / name), artifact_path="eval")
-    print(f"{model_name}: test macro-F1 {results['test']['f1_macro']:.4f}, accuracy "
-          f"{results['test']['accuracy']:.4f}; val macro-F1 {results['val']['f1_macro']:.4f}")
+    test_interval, val_interval = results["test"]["f1_macro_interval"], results["val"]["f1_macro_interval"]
+    print(f"{model_name}: test macro-F1 {results['test']['f1_macro']:.4f} [{test_interval['low']:.4f}, "
+          f"{test_interval['high']:.4f}], accuracy {results['test']['accuracy']:.4f}; val macro-F1 "
+          f"{results['val']['f1_macro']:.4f} [{val_interval['low']:.4f}, {val_interval['high']:.4f}]")
     print(autolabel_line(autolabel.summary))
     return results

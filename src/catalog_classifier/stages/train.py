@@ -64,19 +64,30 @@ def run_train(project: Project, model_name: str) -> dict[str, Any]:
                                 "val/loss": row["val_loss"], "val/f1_macro": row["val_f1_macro"]}, step=epoch)
 
         result = job.fit(log_epoch)
-        metrics = job.metrics(result)
+        cv = job.cv.summary()
+        metrics = {**job.metrics(result), "cv_used": cv["used"], "cv_f1_macro_mean": cv["f1_macro_mean"],
+                   "cv_f1_macro_sd": cv["f1_macro_sd"]}
         model_dir = project.model_dir(model_name)
         save_classifier(job.model, model_name, params.data.classes, project.weights(model_name))
         write_csv(project.history(model_name), pd.DataFrame(result.history, columns=history_columns()).round(6))
         plot_curves(pd.DataFrame(result.history), model_name, model_dir / "curves.png")
         write_json(project.train_metrics(model_name), metrics)
+        write_json(project.cv_summary(model_name), cv)
+        write_csv(project.oof_predictions(model_name), job.cv.oof if job.cv.oof is not None else pd.DataFrame(
+            columns=["image", "label_id", "repeat", "fold"]))
+        if cv["used"]:
+            mlflow.log_metrics({"cv/f1_macro_mean": cv["f1_macro_mean"], "cv/f1_macro_sd": cv["f1_macro_sd"],
+                                "cv_time_s": cv["seconds"]})
+            for step, score in enumerate(cv["fold_f1_macro"]):
+                mlflow.log_metric("cv/fold_f1_macro", score, step=step)
 
         mlflow.log_metrics({"fit_time_s": result.fit_seconds, "fit_cpu_time_s": result.fit_cpu_seconds,
                             "epochs_run": result.epochs_run,
                             "best_epoch": result.best_epoch, "best_val_f1_macro": result.best["val_f1_macro"],
                             "best_val_loss": result.best["val_loss"]})
         for path in (project.history(model_name), model_dir / "curves.png", project.train_metrics(model_name),
-                     model_dir / "model_config.json", project.quality_report()):
+                     model_dir / "model_config.json", project.quality_report(), project.cv_summary(model_name),
+                     project.oof_predictions(model_name)):
             mlflow.log_artifact(str(path))
         for split in SPLITS:
             mlflow.log_artifact(str(project.manifest(split)), artifact_path="splits")
