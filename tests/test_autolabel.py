@@ -124,9 +124,14 @@ def test_autolabel_report_chooses_on_val_and_measures_on_test() -> None:
     report = autolabel_report("m", logits, labels, ["a", "b", "c", "d"], params)
     summary = report.summary
     probabilities = calibrated_probabilities(logits["val"], summary["temperature"])
-    expected = choose_threshold(probabilities.max(1), probabilities.argmax(1) == labels["val"], 0.9)
+    # No calibration set given: val is it. The threshold rests on the 95 % lower bound of precision, not the point.
+    expected = choose_threshold(probabilities.max(1), probabilities.argmax(1) == labels["val"], 0.9,
+                                bound_confidence=0.95)
+    point = choose_threshold(probabilities.max(1), probabilities.argmax(1) == labels["val"], 0.9)
     assert (summary["threshold"], summary["val"]["n_auto"], summary["reachable"]) == (
         expected.threshold, expected.n_auto, True)
+    assert summary["calibration"]["source"] == "val" and summary["calibration"]["n_auto"] == expected.n_auto
+    assert summary["calibration"]["precision_lower_bound"] >= 0.9 and expected.n_auto < point.n_auto
     test_confidence = calibrated_probabilities(logits["test"], summary["temperature"]).max(1)
     auto_test = int((test_confidence >= summary["threshold"]).sum())
     assert summary["test"]["n_auto"] == auto_test == report.auto["test"].sum()

@@ -232,7 +232,8 @@ def test_registry_section_shows_champion_aliases_and_every_decision(project: Pro
         "registered_model": "catalog-classifier", "version": "3", "decision": "rejected", "promote": False,
         "reason": "does not beat champion v2 by 0.01", "champion_before": "2", "champion_after": "2",
         "source_model": BARE, "figures": {"n_images": 7, "n_excluded": 0, "challenger_f1_macro": 0.48,
-                                          "champion_f1_macro": 0.61, "delta": -0.13, "min_delta": 0.01,
+                                          "champion_f1_macro": 0.61, "delta": -0.13, "min_delta": 0.0,
+                                          "delta_interval": [-0.41, 0.12], "challenger_f1_macro_interval": [0.2, 0.7],
                                           "min_coverage": 0.5, "challenger_coverage": 0.0,
                                           "challenger_autolabel_threshold": None,
                                           "challenger_autolabel_precision": None,
@@ -246,7 +247,9 @@ def test_registry_section_shows_champion_aliases_and_every_decision(project: Pro
     assert page.by_id["decision"].startswith(
         f"rejected catalog-classifier v3 ({BARE}) — does not beat champion v2 by 0.01")
     assert "champion before: v2, after: v2" in page.by_id["decision"]
-    assert "delta -0.1300" in page.by_id["decision"]
+    assert "challenger macro-F1 0.4800 [0.200, 0.700] on 7 images" in page.by_id["decision"]
+    assert ("champion macro-F1 0.6100 (difference -0.1300, paired interval [-0.4100, +0.1200]; its lower end must "
+            "exceed 0)") in page.by_id["decision"]
     assert ("auto-label coverage 0.000 at no threshold (the precision bound never reached the target) "
             "(precision —, target 0.98; minimum 0.5)") in page.by_id["decision"]
     assert page.by_id["champion-calibration"] == (

@@ -28,6 +28,14 @@ def test_tie_on_validation_goes_to_fewer_parameters_then_name() -> None:
     assert select_candidate([row("b", 0.8, 5), row("a", 0.8, 5)]) == "a"
 
 
+def test_a_cross_validated_mean_is_chosen_on_where_there_is_one() -> None:
+    # b's validation figure (175 images) is higher, but a's cross-validated mean (about 870) is what a is judged on.
+    rows = [{**row("a", 0.80, 10), "cv_f1_macro_mean": 0.86}, {**row("b", 0.85, 10), "cv_f1_macro_mean": None}]
+    assert select_candidate(rows) == "a"
+    rows[0]["cv_f1_macro_mean"] = 0.84
+    assert select_candidate(rows) == "b"
+
+
 def test_no_candidate_is_an_error() -> None:
     with pytest.raises(ValueError, match="no model"):
         select_candidate([])
@@ -55,7 +63,7 @@ def test_compare_stage_selects_on_validation_not_test(tmp_path: Path) -> None:
         write_json(project.eval_metrics(model), {"test": {"f1_macro": test_f1, "accuracy": 0.5},
                                                  "val": {"f1_macro": val_f1}, "inference_images_per_s": 1.0})
     summary = run_compare(project)
-    assert summary["selected"] == val_leader and summary["selected_by"] == "val_f1_macro"
+    assert summary["selected"] == val_leader and summary["selected_by"] == "cv_f1_macro_mean, else val_f1_macro"
     written = json.loads(project.comparison().read_text(encoding="utf-8"))
     assert written["selected"] == val_leader and "test figures are reported" in written["selection_rule"]
     markdown = project.path(project.params.compare.out_md).read_text(encoding="utf-8")
@@ -64,8 +72,8 @@ def test_compare_stage_selects_on_validation_not_test(tmp_path: Path) -> None:
     # The one DVC metrics file: per model the figures dvc exp show puts beside the params, nothing per class.
     assert json.loads(project.summary_metrics().read_text(encoding="utf-8")) == {
         "selected": val_leader,
-        test_leader: {"val_f1_macro": 0.7, "test_f1_macro": 0.9, "fit_time_s": 1.0},
-        val_leader: {"val_f1_macro": 0.75, "test_f1_macro": 0.8, "fit_time_s": 1.0}}
+        test_leader: {"selection_f1_macro": 0.7, "val_f1_macro": 0.7, "test_f1_macro": 0.9, "fit_time_s": 1.0},
+        val_leader: {"selection_f1_macro": 0.75, "val_f1_macro": 0.75, "test_f1_macro": 0.8, "fit_time_s": 1.0}}
 
 
 @pytest.mark.parametrize(("trained", "label"), [

@@ -66,10 +66,10 @@ VERSION_NOTES = [("previous_champion", "replaced v{}"), ("rolled_back_at", "roll
 
 
 def fmt(value: Any, spec: str = "") -> str:
-    """``value`` formatted with ``spec``; None (not measured) is a dash."""
+    """``value`` formatted with ``spec``; None (not measured) is a dash; text is shown as it is."""
     if value is None:
         return MISSING_VALUE
-    return format(value, spec)
+    return value if isinstance(value, str) else format(value, spec)
 
 
 def duration(seconds: float | None) -> str:
