@@ -55,6 +55,7 @@ def test_train_stage_in_frozen_mode_saves_a_model_whose_backbone_is_the_initial_
     (root / "data").symlink_to(tiny_pipeline / "data")
     shutil.copytree(tiny_pipeline / "artifacts" / "splits", root / "artifacts" / "splits")
     params = tiny_params(freeze_backbone=True, max_epochs=2, patience=2)
+    params["train"]["cv"] = {"folds": 3, "repeats": 2}  # 5 images per class in train+val (some in one group)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     project = Project.load(root / "params.yaml")
 

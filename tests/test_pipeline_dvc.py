@@ -62,12 +62,13 @@ def test_dvc_exp_show_answers_which_settings_gave_what(reproduced: Path) -> None
     comparison = {row["model"]: row for row in json.loads((reproduced / "artifacts/comparison.json").read_text())[
         "models"]}
     for model in TINY_MODELS:
-        assert summary[model] == {"val_f1_macro": round(comparison[model]["val_f1_macro"], 4),
+        assert summary[model] == {"selection_f1_macro": round(comparison[model]["selection_f1_macro"], 4),
+                                  "val_f1_macro": round(comparison[model]["val_f1_macro"], 4),
                                   "test_f1_macro": comparison[model]["test_f1_macro"],
                                   "fit_time_s": comparison[model]["fit_time_s"]}
     columns = run(["dvc", "exp", "show", "--csv"], reproduced).stdout.splitlines()[0].split(",")
     metrics = {"selected", *(f"{model}.{key}" for model in TINY_MODELS
-                             for key in ("val_f1_macro", "test_f1_macro", "fit_time_s"))}
+                             for key in ("selection_f1_macro", "val_f1_macro", "test_f1_macro", "fit_time_s"))}
     first = min(columns.index(column) for column in metrics)  # the file's (sorted) key order
     assert set(columns[first:first + len(metrics)]) == metrics
     params = columns[first + len(metrics):]

@@ -330,9 +330,16 @@ def test_the_pipeline_promote_stage_registered_and_judged_the_best_model(project
     text = version.description
     assert text.startswith(f"**{best}** ({weights}), version 1 of catalog-classifier.")
     assert f"**Gate: {report['decision']}**" in text and f"Why: {report['reason']}" in text
-    assert f"| validation (chose this model among the pipeline's) | {evaluated['val']['f1_macro']:.4f} |" in text
-    assert f"| test split (evaluate stage) | {evaluated['test']['f1_macro']:.4f} |" in text
-    assert f"| gate: {figures['n_images']} test images | {figures['challenger_f1_macro']:.4f} |" in text
+    def shown(value: float, pair: list[float]) -> str:
+        return f"{value:.4f} [{pair[0]:.4f}, {pair[1]:.4f}]"
+
+    val, test = evaluated["val"], evaluated["test"]
+    val_ci = [val["f1_macro_interval"]["low"], val["f1_macro_interval"]["high"]]
+    test_ci = [test["f1_macro_interval"]["low"], test["f1_macro_interval"]["high"]]
+    assert f"| validation (chose this model among the pipeline's) | {shown(val['f1_macro'], val_ci)} |" in text
+    assert f"| test split (evaluate stage) | {shown(test['f1_macro'], test_ci)} |" in text
+    gate = shown(figures["challenger_f1_macro"], figures["challenger_f1_macro_interval"])
+    assert f"| gate: {figures['n_images']} test images | {gate} |" in text
     assert f"Weakest class: **{figures['weakest_class']}**, F1 {figures['weakest_class_f1']:.3f} (floor 0.5)" in text
     assert f"Auto-label coverage: **{figures['challenger_coverage']:.3f}**" in text
     run_id = report["source_run_id"]

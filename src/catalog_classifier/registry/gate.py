@@ -126,8 +126,8 @@ def _promise_failure(promise: AutolabelPromise | None, min_coverage: float) -> s
     if promise.threshold is None:
         return f"auto-label precision: no threshold's lower bound reaches the target {target}{where}"
     if (promise.coverage or 0.0) < min_coverage - TOLERANCE:
-        return (f"auto-label precision: the lower bound reaches {target} only at coverage {promise.coverage:.3f}"
-                f"{where}, below the minimum {min_coverage:g}")
+        return (f"auto-label precision: the lower bound reaches {target} only at coverage "
+                f"{promise.coverage or 0.0:.3f}{where}, below the minimum {min_coverage:g}")
     return None
 
 

@@ -146,9 +146,11 @@ def judge(project: Project, challenger: ImageClassifier, model_name: str, champi
     labels, confidences = _predictions(challenger, paths)
     auto = autolabel_figures(truth, labels, confidences, challenger.calibration.threshold)
     calibration = challenger.calibration
-    promise = AutolabelPromise(threshold=calibration.threshold, coverage=calibration.calibration_coverage,
-                               precision_lower_bound=calibration.precision_lower_bound,
-                               target_precision=calibration.target_precision, source=calibration.calibration_source)
+    # A calibration written before thresholds carried a precision bound has no promise to check (coverage only).
+    promise = None if calibration.calibration_source is None else AutolabelPromise(
+        threshold=calibration.threshold, coverage=calibration.calibration_coverage,
+        precision_lower_bound=calibration.precision_lower_bound, target_precision=calibration.target_precision,
+        source=calibration.calibration_source)
     decision = decide(truth, labels, champion_labels, params.data.classes, min_delta=params.registry.min_delta,
                       class_f1_floor=params.registry.class_f1_floor, uncertainty=params.uncertainty,
                       coverage=auto["coverage"] if truth else None, min_coverage=params.registry.min_coverage,
