@@ -177,12 +177,15 @@ class AutolabelParams(_Strict):
     """Auto-labelling: calibrated confidence (temperature fitted on validation) and a threshold per target precision.
 
     The threshold is the lowest calibrated confidence whose auto-labelled validation subset reaches
-    ``target_precision``; test only reports the coverage and precision it gives.
+    ``target_precision``; test only reports the coverage and precision it gives. Every row sent to review carries
+    a split-conformal prediction set at ``set_alpha`` (:mod:`catalog_classifier.modeling.conformal`).
     """
 
     target_precision: float = Field(gt=0, lt=1)
     ece_bins: int = Field(ge=2, le=100)  # equal-width confidence bins of the expected calibration error
     interval_confidence: float = Field(gt=0, lt=1)  # of the precision and coverage intervals reported on test
+    # Conformal prediction sets of the review queue: the true label is in a row's set with probability >= 1 - this
+    set_alpha: float = Field(default=0.05, gt=0, lt=1)
 
 
 class CompareParams(_Strict):

@@ -15,6 +15,8 @@ from catalog_classifier.config.layout import Project
 from catalog_classifier.data.imageset import decode_manifest
 from catalog_classifier.data.manifests import read_manifest
 from catalog_classifier.modeling.autolabel import AutolabelReport, autolabel_metrics, autolabel_report
+from catalog_classifier.modeling.calibration import calibrated_probabilities
+from catalog_classifier.modeling.conformal import conformal_metrics, conformal_summary
 from catalog_classifier.modeling.evaluation import (
     classification_metrics,
     plot_confusion,
@@ -53,6 +55,16 @@ def _single_image_latency(project: Project, model: torch.nn.Module, config: dict
     return {"p50": round(timing["p50_ms"], 2), "p95": round(timing["p95_ms"], 2)}
 
 
+def _prediction_sets(logits: dict[str, Any], labels: dict[str, Any], classes: list[str], temperature: float,
+                     project: Project) -> dict[str, Any]:
+    """Conformal prediction sets calibrated on the temperature-scaled val predictions, measured on test."""
+    autolabel = project.params.autolabel
+    probabilities = {split: calibrated_probabilities(logits[split], temperature)
+                     for split in ("val", "test")}
+    return conformal_summary(probabilities["val"], labels["val"], probabilities["test"], labels["test"], classes,
+                             autolabel.set_alpha, autolabel.interval_confidence, calibration="val")
+
+
 def evaluate_model(project: Project, model_name: str) -> Evaluation:
     """Score the trained model on validation and test; fit the temperature and the auto-labelling threshold on
     validation and measure what they give on test. Draws the confusion and reliability figures in the eval folder.
@@ -85,10 +97,14 @@ def evaluate_model(project: Project, model_name: str) -> Evaluation:
                 _inference_throughput(model, images, params.evaluate.batch_size, runtime), 2)
             results["latency_ms"] = _single_image_latency(project, model, config, images.names)
     autolabel = autolabel_report(model_name, logits, labels, classes, params.autolabel)
+    autolabel.summary["conformal"] = _prediction_sets(logits, labels, classes, autolabel.summary["temperature"],
+                                                      project)
     for split, frame in frames.items():  # the calibrated confidence and the decision, per image
         frame["calibrated_confidence"] = autolabel.confidence[split].round(6)
         frame["auto_labelled"] = autolabel.auto[split]
     results.update(autolabel_metrics(autolabel.summary))
+    results.update(conformal_metrics(autolabel.summary["conformal"]))
+    results["prediction_sets"] = autolabel.summary["conformal"]["test"]
     plot_reliability(autolabel.reliability_before, autolabel.reliability_after,
                      (f"{model_name}: test, uncalibrated (ECE {autolabel.summary['ece']['test_before']:.3f})",
                       f"{model_name}: test, T={autolabel.summary['temperature']:.2f} "

@@ -56,6 +56,8 @@ CLASS_FIGURES = [
 AUTOLABEL_HEADER = ["model", "T", "test ECE before → after", "target precision", "threshold (val)",
                     "test coverage (n) [interval]", "test precision [interval]", "weakest class (test coverage)"]
 UNREACHABLE = "target not reachable on validation: nothing auto-labelled"
+SETS_HEADER = ["model", "alpha", "LAC quantile (calibration n)", "test coverage [interval]", "mean set size",
+               "sets by size", "lowest class coverage (its mean size)"]
 VERSION_NOTES = [("previous_champion", "replaced v{}"), ("rolled_back_at", "rolled back at {}"),
                  ("rolled_back_to", "champion went back to v{}"), ("restored_at", "restored as champion at {}")]
 
@@ -312,6 +314,29 @@ def autolabel_cells(summary: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def set_cells(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(cell class, text) of a model's prediction-set row (autolabel.json "conformal"); empty when not recorded."""
+    sets = summary.get("conformal")
+    if not sets:
+        return []
+    test = sets.get("test") or {}
+    measured = [(name, row) for name, row in (test.get("per_class") or {}).items() if row.get("coverage") is not None]
+    lowest = MISSING_VALUE
+    if measured:
+        name, row = min(measured, key=lambda item: item[1]["coverage"])
+        lowest = f"{name} {row['coverage']:.3f} ({fmt(row.get('mean_set_size'), '.2f')})"
+    sizes = ", ".join(f"{size}: {count}" for size, count in (test.get("size_counts") or {}).items()) or MISSING_VALUE
+    return [
+        ("ps-alpha", fmt(sets.get("alpha"), "g")),
+        ("ps-quantile", f"{fmt(sets.get('quantile'), '.4f')} ({sets.get('calibration', 'val')} "
+                        f"{fmt(sets.get('n_calibration'))})"),
+        ("ps-coverage", f"{fmt(test.get('coverage'), '.3f')}{interval(test.get('coverage_interval'))}"),
+        ("ps-size", fmt(test.get("mean_set_size"), ".2f")),
+        ("ps-sizes", sizes),
+        ("ps-lowest", lowest),
+    ]
+
+
 def selected_inputs(inputs: ReportInputs, best: str) -> ModelInputs:
     return next(model for model in inputs.models if model.name == best)
 
@@ -458,6 +483,7 @@ def render_html(inputs: ReportInputs, settings: EmbedSettings | None = None) -> 
         example=study_example(inputs, best), champion=champion,
         champion_calibration=calibration_text(champion.tags) if champion else None,
         autolabel_header=AUTOLABEL_HEADER, autolabel_cells=autolabel_cells, selected=selected,
+        sets_header=SETS_HEADER, set_cells=set_cells,
         precision_coverage_png=precision_coverage_png(selected),
         compared=compared_figures((inputs.promotion or {}).get("figures") or {}),
         embed=partial(embed_image, settings=settings), dash=MISSING_VALUE, CHAMPION=CHAMPION,
