@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from catalog_classifier.registry.versions import CHAMPION, HISTORY_TAG, record_decision, rollback
@@ -79,3 +80,50 @@ def test_a_rollback_killed_between_its_writes_never_lets_the_next_one_restore_th
     champion, history = _state(uri)
     assert champion != "3" and "3" not in history
     assert (champion, history) in [("2", ["1", "2"]), ("1", ["1"])]
+
+
+# --- the thread count a challenger runs with -------------------------------------------------------------------
+
+
+class ThreadRecorder(torch.nn.Module):
+    """A real (tiny) network that records the torch thread count each forward pass ran with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 2)
+        self.threads: list[int] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.threads.append(torch.get_num_threads())
+        return self.layer(images.mean((2, 3)))
+
+
+def _classifier(threads: int) -> Any:
+    from catalog_classifier.modeling.prediction import ImageClassifier, InferenceSettings
+
+    config = {"classes": ["a", "b"], "input_size": [4, 4], "interpolation": "bilinear", "model_name": "recorder"}
+    settings = InferenceSettings(batch_size=4, channels_last=False, bf16=False, num_threads=threads)
+    return ImageClassifier(ThreadRecorder(), config, settings)
+
+
+def test_loading_the_champion_leaves_the_challengers_thread_count_alone(tmp_path: Path) -> None:
+    from PIL import Image
+
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(image)
+    before = torch.get_num_threads()
+    try:
+        challenger = _classifier(2)
+        loaded = torch.get_num_threads()
+        # What the gate does next: load the champion, whose stored settings say 1 thread (ImageClassifier.from_dir,
+        # through load_served_model, builds it with this constructor), then score the challenger.
+        champion = _classifier(1)
+        challenger.probabilities_for_files([image])
+        assert challenger.model.threads == [2]
+        assert torch.get_num_threads() == loaded  # loading a model changes nobody's thread count
+        champion.probabilities_for_files([image])
+        challenger.probabilities_for_files([image])
+        assert challenger.model.threads == [2, 2] and champion.model.threads == [1]
+        assert torch.get_num_threads() == loaded  # and running one gives the caller's count back
+    finally:
+        torch.set_num_threads(before)

@@ -37,7 +37,7 @@ from catalog_classifier.modeling.models import Classifier, load_classifier
 from catalog_classifier.modeling.training import predict_logits
 from catalog_classifier.ops.io import CorruptFileError, read_json, write_json
 from catalog_classifier.ops.progress import progress
-from catalog_classifier.ops.runtime import Runtime, resolve_runtime
+from catalog_classifier.ops.runtime import Runtime, resolve_runtime, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,11 @@ class ImageClassifier:
         self.classes: list[str] = list(config["classes"])
         self.settings = settings
         self.calibration = calibration or Calibration()
+        # Loading a model leaves the process's thread count as it was (the gate loads the champion beside the
+        # challenger); each classifier applies its own count around its own forward passes.
+        threads = torch.get_num_threads()
         self.runtime: Runtime = resolve_runtime(settings.channels_last, settings.bf16, settings.num_threads)
+        torch.set_num_threads(threads)
         self.model = model.to(memory_format=torch.channels_last) if self.runtime.channels_last else model
 
     @classmethod
@@ -196,7 +200,8 @@ class ImageClassifier:
     def _logits(self, pixels: np.ndarray) -> torch.Tensor:
         batch = ImageSet(pixels=torch.from_numpy(pixels), labels=torch.zeros(len(pixels), dtype=torch.int64),
                          names=[""] * len(pixels))
-        return predict_logits(self.model, batch, self.settings.batch_size, self.runtime)
+        with torch_threads(self.runtime.threads):
+            return predict_logits(self.model, batch, self.settings.batch_size, self.runtime)
 
     def _forward(self, pixels: np.ndarray) -> np.ndarray:
         """Calibrated probabilities: softmax of logits / temperature (the argmax, so the label, is unchanged).
