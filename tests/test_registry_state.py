@@ -127,3 +127,83 @@ def test_loading_the_champion_leaves_the_challengers_thread_count_alone(tmp_path
         assert torch.get_num_threads() == loaded  # and running one gives the caller's count back
     finally:
         torch.set_num_threads(before)
+
+
+# --- promotions that leave nothing behind (the tiny pipeline's real runs and registry) ---------------------------
+
+EXPERIMENT = "catalog-classifier"
+
+
+def _selected(project: Path) -> tuple[str, str]:
+    model = json.loads((project / "artifacts/comparison.json").read_text())["selected"]
+    return model, json.loads((project / f"artifacts/models/{model}/run.json").read_text())["run_id"]
+
+
+def _logged_models(project: Path, run_id: str) -> list[str]:
+    from registry_helpers import client
+
+    registry = client(project)
+    experiment = registry.get_experiment_by_name(EXPERIMENT).experiment_id
+    found = registry.search_logged_models(experiment_ids=[experiment], filter_string=f"source_run_id = '{run_id}'",
+                                          max_results=1000)
+    return sorted(model.model_id for model in found)
+
+
+@pytest.mark.slow
+def test_a_promote_timing_out_on_the_lock_logs_no_model_and_its_retries_add_none(tiny_pipeline: Path,
+                                                                                  tmp_path: Path) -> None:
+    from filelock import FileLock
+    from registry_helpers import cli, cli_args, client
+
+    project = tiny_pipeline
+    model, run_id = _selected(project)
+    name = "lock-timeout"
+    before = _logged_models(project, run_id)
+    args = ["promote", "--model", model, *cli_args(project, name, registry__lock_timeout_s=1,
+                                                   registry__out_json=tmp_path / "promotion.json")]
+    # Another promoter holds the registry lock (the file lock beside the sqlite store) throughout.
+    with FileLock(str(project / "mlruns" / "mlflow.db.registry.lock")):
+        assert cli(args) == 75  # transient: the orchestrator retries later...
+        assert _logged_models(project, run_id) == before
+        assert cli(args) == 75  # ...and its retry times out again
+        assert _logged_models(project, run_id) == before
+    assert cli(args) == 0  # the lock is free: exactly one model logged, the one the new version serves
+    [added] = sorted(set(_logged_models(project, run_id)) - set(before))
+    [version] = client(project).search_model_versions(f"name='{name}'")
+    assert version.model_id == added and len(_logged_models(project, run_id)) == len(before) + 1
+
+
+@pytest.mark.slow
+def test_the_promote_stage_run_again_after_another_model_retrained_registers_nothing_new(tiny_pipeline: Path,
+                                                                                         tmp_path: Path) -> None:
+    import yaml
+    from registry_helpers import cli, cli_args, client, promote
+
+    project = tiny_pipeline
+    # DVC runs the promote stage again whenever any model's training or evaluation output changes.
+    stage = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]["promote"]
+    assert stage["cmd"] == "catalog-classifier promote"
+    assert {"${train.out_dir}", "${evaluate.out_dir}"} <= set(stage["deps"])
+    model, run_id = _selected(project)
+    name = "stage-rerun"
+    args = ["promote", *cli_args(project, name, registry__class_f1_floor=0,
+                                 registry__out_json=tmp_path / "promotion.json")]
+    assert cli(args) == 0  # the stage: the model compare selected
+    first = json.loads((tmp_path / "promotion.json").read_text())
+    assert (first["version"], first["source_model"], first["promote"]) == ("1", model, True)
+    logged = _logged_models(project, run_id)
+
+    assert cli(args) == 0  # the stage again, the selected model's run and files unchanged
+    second = json.loads((tmp_path / "promotion.json").read_text())
+    registry = client(project)
+    assert [str(v.version) for v in registry.search_model_versions(f"name='{name}'")] == ["1"]
+    assert _logged_models(project, run_id) == logged
+    assert (second["version"], second["decision"], second["promote"]) == ("1", "unchanged", False)
+    assert second["champion_before"] == second["champion_after"] == "1"
+    assert second["reason"].startswith(f"{model} run {run_id[:12]} is already registered as v1 with the same files")
+    assert second["figures"]["challenger_f1_macro"] == first["figures"]["challenger_f1_macro"]
+    assert second["classifier_sha256"] == first["classifier_sha256"]
+
+    # Naming the model is an explicit request: it is judged and registered again (equal is not better).
+    third = promote(project, name, tmp_path / "named.json", "--model", model)
+    assert (third["version"], third["decision"]) == ("2", "rejected")

@@ -28,6 +28,8 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "champion_history"
 LAST_EVENT_TAG = "last_champion_event"
+# sha256 of the served classifier's files (weights, config, settings, calibration, training manifest)
+CLASSIFIER_TAG = "classifier_sha256"
 
 
 class RegistryError(RuntimeError):
@@ -102,6 +104,24 @@ def register_challenger(client: MlflowClient, name: str, model_uri: str, run_id:
     version = client.create_model_version(name=name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     return version
+
+
+def registered_version(client: MlflowClient, name: str, run_id: str, fingerprint: str) -> ModelVersion | None:
+    """The newest version of ``name`` registered from ``run_id`` with these exact classifier files (tag
+    ``CLASSIFIER_TAG``), or None: what makes the pipeline's promote stage idempotent."""
+    versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    same = [version for version in versions if (version.tags or {}).get(CLASSIFIER_TAG) == fingerprint]
+    return max(same, key=lambda version: int(version.version)) if same else None
+
+
+def tag_value(text: str) -> Any:
+    """A tag written by :func:`version_tags` read back: numbers, lists and dicts from JSON, "None" as None."""
+    if text == "None":
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def version_tags(decision: dict[str, Any], context: dict[str, str]) -> dict[str, str]:
