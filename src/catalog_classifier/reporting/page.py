@@ -484,6 +484,7 @@ def render_html(inputs: ReportInputs, settings: EmbedSettings | None = None) -> 
         champion_calibration=calibration_text(champion.tags) if champion else None,
         autolabel_header=AUTOLABEL_HEADER, autolabel_cells=autolabel_cells, selected=selected,
         sets_header=SETS_HEADER, set_cells=set_cells,
+        set_models=[model for model in inputs.models if (model.autolabel or {}).get("conformal")],
         precision_coverage_png=precision_coverage_png(selected),
         compared=compared_figures((inputs.promotion or {}).get("figures") or {}),
         embed=partial(embed_image, settings=settings), dash=MISSING_VALUE, CHAMPION=CHAMPION,
