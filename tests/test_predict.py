@@ -41,13 +41,14 @@ from catalog_classifier.modeling.prediction import (
     write_classifier_dir,
 )
 
-COLUMNS = ["image", "label", "confidence", "top3", "needs_review", "error"]
+COLUMNS = ["image", "label", "confidence", "top3", "needs_review", "prediction_set", "error"]
 
 # --- a stub network with known calibrated probabilities ---------------------------------------------------------
 
 STUB_CLASSES = ["Baby Care", "Watches", "Computers"]
 STUB_TEMPERATURE = 2.0
 STUB_THRESHOLD = 0.6
+STUB_SET_QUANTILE = 0.68  # a conformal set holds every class with 1 - p <= 0.68, i.e. p >= 0.32
 # Red value of a solid-colour image -> its calibrated class probabilities; the stub's logits are T * log(p), so
 # softmax(logits / T) = p exactly, while the uncalibrated softmax(logits) would be p^2 renormalised.
 STUB_PROBABILITIES = {
@@ -75,7 +76,8 @@ class StubNetwork(torch.nn.Module):
 def stub_classifier(batch_size: int = 2) -> ImageClassifier:
     config = {"classes": STUB_CLASSES, "input_size": [4, 4], "interpolation": "bilinear", "model_name": "stub"}
     settings = InferenceSettings(batch_size=batch_size, channels_last=False, bf16=False)
-    calibration = Calibration(temperature=STUB_TEMPERATURE, threshold=STUB_THRESHOLD, target_precision=0.9)
+    calibration = Calibration(temperature=STUB_TEMPERATURE, threshold=STUB_THRESHOLD, target_precision=0.9,
+                              set_quantile=STUB_SET_QUANTILE, set_alpha=0.05)
     return ImageClassifier(StubNetwork(), config, settings, calibration)  # type: ignore[arg-type]
 
 
@@ -134,6 +136,44 @@ def test_the_review_queue_is_most_uncertain_first(stub_run: SimpleNamespace) -> 
     assert list(queue["image"]) == ["photos/e.png", "photos/c.png", "photos/b.png", "photos/missing.png",
                                     "photos/corrupt.png"]
     assert list(queue.columns) == COLUMNS and queue["needs_review"].all()
+
+
+def test_every_review_row_carries_its_conformal_prediction_set(stub_run: SimpleNamespace) -> None:
+    assert cli(["predict", "--input", str(stub_run.csv), "--output", str(stub_run.output), *stub_run.args]) == 0
+    frame = pd.read_csv(stub_run.output, keep_default_na=False).set_index("image")
+    # p >= 0.32, most probable first: a (0.7 0.2 0.1), b (0.3 0.5 0.2), c (0.05 0.45 0.5), d (0.05 0.9 0.05),
+    # e (0.35 0.25 0.4); an unreadable row has none.
+    expected = {"photos/a.png": "Baby Care", "photos/b.png": "Watches", "photos/c.png": "Computers|Watches",
+                "photos/d.png": "Watches", "photos/e.png": "Computers|Baby Care", "photos/missing.png": "",
+                "photos/corrupt.png": ""}
+    assert frame["prediction_set"].to_dict() == expected
+    queue = pd.read_csv(stub_run.output.with_name("predictions_review.csv"), keep_default_na=False)
+    assert dict(zip(queue["image"], queue["prediction_set"], strict=True)) == {
+        name: expected[name] for name in ("photos/e.png", "photos/c.png", "photos/b.png", "photos/missing.png",
+                                          "photos/corrupt.png")}
+
+
+def test_the_served_model_answers_prediction_sets_as_lists(tmp_path: Path) -> None:
+    import base64
+
+    from catalog_classifier.registry.served import CatalogClassifierModel
+
+    write_stub_images(tmp_path)
+    served = CatalogClassifierModel()
+    served.classifier = stub_classifier()
+    cells = [base64.b64encode((tmp_path / "photos" / f"{name}.png").read_bytes()).decode() for name in "ce"]
+    answer = served.predict(None, pd.DataFrame({"image": [*cells, "not base64!"]}))
+    assert answer["prediction_set"].tolist() == [["Computers", "Watches"], ["Computers", "Baby Care"], []]
+    assert json.loads(answer.to_json(orient="records"))[0]["prediction_set"] == ["Computers", "Watches"]
+
+
+def test_the_conformal_quantile_is_read_with_the_calibration() -> None:
+    payload = {"model": "m", "temperature": 1.5, "target_precision": 0.98, "reachable": True, "threshold": 0.9,
+               "test": {"coverage": 0.7}, "conformal": {"alpha": 0.05, "quantile": 0.8125}}
+    calibration = Calibration.from_autolabel(payload, "autolabel.json")
+    assert calibration.set_quantile == 0.8125 and calibration.set_alpha == 0.05
+    with pytest.raises(Exception, match="conformal quantile must be in"):
+        Calibration.from_autolabel({**payload, "conformal": {"alpha": 0.05, "quantile": 1.5}}, "autolabel.json")
 
 
 def test_precision_and_coverage_against_a_label_column_are_the_hand_computed_ones(

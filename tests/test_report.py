@@ -368,6 +368,25 @@ def test_autolabel_section_shows_the_evaluate_figures(project: Project) -> None:
     assert f"<code>artifacts/eval/{FULL}/autolabel.json</code>" in text  # listed among the files read
 
 
+def test_prediction_sets_are_shown_with_their_test_coverage_overall_and_per_class(project: Project) -> None:
+    per_class = {name: {"n": 0, "coverage": None, "mean_set_size": None} for name in CLASSES}
+    per_class.update({CLASSES[1]: {"n": 4, "coverage": 0.75, "mean_set_size": 1.5},
+                      CLASSES[2]: {"n": 3, "coverage": 1.0, "mean_set_size": 2.0}})
+    conformal = {"score": "lac", "alpha": 0.05, "quantile": 0.812345, "calibration": "val", "n_calibration": 175,
+                 "test": {"n": 7, "coverage": 0.857143, "coverage_interval": [0.486903, 0.974315],
+                          "mean_set_size": 1.714286, "size_counts": {"1": 3, "2": 3, "3": 1}, "per_class": per_class}}
+    write(project.autolabel(FULL), {**autolabel_summary(), "conformal": conformal})
+    write(project.comparison(), {"selected": FULL})
+    _, page = render(project)
+    assert page.cells[(FULL, "ps-alpha")] == "0.05" and page.cells[(FULL, "ps-quantile")] == "0.8123 (val)"
+    assert page.cells[(FULL, "ps-coverage")] == "0.857 [0.487, 0.974]"
+    assert page.cells[(FULL, "ps-size")] == "1.71" and page.cells[(FULL, "ps-sizes")] == "1: 3, 2: 3, 3: 1"
+    assert page.cells[(FULL, "ps-lowest")] == f"{CLASSES[1]} 0.750 (1.50)"  # classes without test images skipped
+    per_class_text = page.by_id["prediction-sets-per-class"]
+    assert f"{CLASSES[1]} 0.750 (1.50, 4); {CLASSES[2]} 1.000 (2.00, 3)" in per_class_text
+    assert (BARE, "ps-alpha") not in page.cells  # no autolabel.json, no row
+
+
 def test_autolabel_section_of_a_selected_model_without_files(project: Project) -> None:
     _, page = render(project)  # BARE is selected (validation) and has no auto-labelling files
     section = page.by_id["autolabel"]

@@ -207,6 +207,8 @@ class AutolabelParams(_Strict):
 
     The threshold is the lowest calibrated confidence at which a one-sided ``bound_confidence`` lower bound of the
     precision on the calibration predictions (out-of-fold or val) reaches ``target_precision``; test only reports.
+    Every row sent to review carries a split-conformal prediction set at ``set_alpha``
+    (:mod:`catalog_classifier.modeling.conformal`), fitted on the same calibration predictions.
     """
 
     target_precision: float = Field(gt=0, lt=1)
@@ -214,6 +216,8 @@ class AutolabelParams(_Strict):
     interval_confidence: float = Field(gt=0, lt=1)  # of the precision and coverage intervals reported on test
     # One-sided level of the Clopper-Pearson lower bound of precision the threshold must reach the target with.
     bound_confidence: float = Field(default=0.95, gt=0, lt=1)
+    # Conformal prediction sets of the review queue: the true label is in a row's set with probability >= 1 - this
+    set_alpha: float = Field(default=0.05, gt=0, lt=1)
 
 
 class CompareParams(_Strict):

@@ -16,6 +16,8 @@ from catalog_classifier.config.params import UncertaintyParams
 from catalog_classifier.data.imageset import decode_manifest
 from catalog_classifier.data.manifests import read_manifest
 from catalog_classifier.modeling.autolabel import AutolabelReport, CalibrationSet, autolabel_metrics, autolabel_report
+from catalog_classifier.modeling.calibration import calibrated_probabilities
+from catalog_classifier.modeling.conformal import conformal_metrics, conformal_summary
 from catalog_classifier.modeling.cross_validation import calibration_logits
 from catalog_classifier.modeling.evaluation import (
     classification_metrics,
@@ -57,6 +59,17 @@ def _single_image_latency(project: Project, model: torch.nn.Module, config: dict
     return {"p50": round(timing["p50_ms"], 2), "p95": round(timing["p95_ms"], 2)}
 
 
+def _prediction_sets(calibration: CalibrationSet, logits: dict[str, Any], labels: dict[str, Any], classes: list[str],
+                     temperature: float, project: Project) -> dict[str, Any]:
+    """Conformal prediction sets calibrated on the temperature-scaled calibration predictions (out-of-fold where
+    the fit is cheap, else val), measured on test."""
+    autolabel = project.params.autolabel
+    fitted_on = calibrated_probabilities(calibration.logits, temperature)
+    test = calibrated_probabilities(logits["test"], temperature)
+    return conformal_summary(fitted_on, calibration.labels, test, labels["test"], classes, autolabel.set_alpha,
+                             autolabel.interval_confidence, calibration=calibration.source)
+
+
 def evaluate_model(project: Project, model_name: str) -> Evaluation:
     """Score the trained model on validation and test; fit the temperature and the auto-labelling threshold on
     validation and measure what they give on test. Draws the confusion and reliability figures in the eval folder.
@@ -91,12 +104,16 @@ def evaluate_model(project: Project, model_name: str) -> Evaluation:
     for split in ("val", "test"):
         results[split]["f1_macro_interval"] = f1_interval(labels[split], logits[split].argmax(1).numpy(),
                                                           len(classes), params.uncertainty).to_dict()
-    autolabel = autolabel_report(model_name, logits, labels, classes, params.autolabel,
-                                 calibration_set(project, model_name, logits["val"], labels["val"]))
+    calibration = calibration_set(project, model_name, logits["val"], labels["val"])
+    autolabel = autolabel_report(model_name, logits, labels, classes, params.autolabel, calibration)
+    autolabel.summary["conformal"] = _prediction_sets(calibration, logits, labels, classes,
+                                                      autolabel.summary["temperature"], project)
     for split, frame in frames.items():  # the calibrated confidence and the decision, per image
         frame["calibrated_confidence"] = autolabel.confidence[split].round(6)
         frame["auto_labelled"] = autolabel.auto[split]
     results.update(autolabel_metrics(autolabel.summary))
+    results.update(conformal_metrics(autolabel.summary["conformal"]))
+    results["prediction_sets"] = autolabel.summary["conformal"]["test"]
     plot_reliability(autolabel.reliability_before, autolabel.reliability_after,
                      (f"{model_name}: test, uncalibrated (ECE {autolabel.summary['ece']['test_before']:.3f})",
                       f"{model_name}: test, T={autolabel.summary['temperature']:.2f} "

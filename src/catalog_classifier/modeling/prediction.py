@@ -7,8 +7,11 @@ One unreadable image gets a reason in its own row; it never stops the batch.
 
 A classifier folder may carry the evaluate stage's ``autolabel.json``: its temperature turns logits into calibrated
 confidences, and its threshold says which predictions can be taken as labels without a human look
-(``needs_review`` is false only at or above it). Without that file (versions registered before calibration) the
-temperature is 1 and every row needs review: an uncalibrated confidence promises no precision.
+(``needs_review`` is false only at or above it), and its conformal quantile gives every row a ``prediction_set``:
+the labels, most probable first, that hold the true one with probability >= 1 - ``autolabel.set_alpha``, for a
+reviewer to choose from (``a|b`` in CSV, a list in the served JSON). Without that file (versions registered before
+calibration) the temperature is 1, every row needs review (an uncalibrated confidence promises no precision) and
+rows carry no set.
 """
 
 from __future__ import annotations
@@ -29,18 +32,19 @@ from catalog_classifier.config.params import Params
 from catalog_classifier.data.images import ImageLoadError, load_rgb, resize_to_array
 from catalog_classifier.data.imageset import ImageSet
 from catalog_classifier.modeling.calibration import calibrated_probabilities
+from catalog_classifier.modeling.conformal import join_set, set_labels
 from catalog_classifier.modeling.models import Classifier, load_classifier
 from catalog_classifier.modeling.training import predict_logits
 from catalog_classifier.ops.io import CorruptFileError, read_json, write_json
 from catalog_classifier.ops.progress import progress
-from catalog_classifier.ops.runtime import Runtime, resolve_runtime
+from catalog_classifier.ops.runtime import Runtime, resolve_runtime, torch_threads
 
 log = logging.getLogger(__name__)
 
 TOP_K = 3
 # Extensions picked up when a folder is given; a file named explicitly is always tried, whatever its name.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-OUTPUT_COLUMNS = ["image", "label", "confidence", "top3", "needs_review", "error"]
+OUTPUT_COLUMNS = ["image", "label", "confidence", "top3", "needs_review", "prediction_set", "error"]
 WEIGHTS_FILE = "model.pt"
 CONFIG_FILE = "model_config.json"
 SETTINGS_FILE = "serving.json"
@@ -78,6 +82,9 @@ class Calibration:
     calibration_source: str | None = None
     calibration_coverage: float | None = None
     precision_lower_bound: float | None = None
+    # The LAC quantile of the conformal prediction sets (autolabel.json "conformal"); None: no sets (older files)
+    set_quantile: float | None = None
+    set_alpha: float | None = None
 
     @classmethod
     def from_autolabel(cls, payload: dict[str, Any], source: Path | str) -> Calibration:
@@ -88,6 +95,10 @@ class Calibration:
         threshold = payload.get("threshold") if payload.get("reachable") else None
         coverage = (payload.get("test") or {}).get("coverage")
         fitted = payload.get("calibration") or {}
+        sets = payload.get("conformal") or {}
+        quantile = sets.get("quantile")
+        if quantile is not None and not (np.isfinite(float(quantile)) and 0 <= float(quantile) <= 1):
+            raise CorruptFileError(f"{source}: conformal quantile must be in [0, 1], got {quantile!r}")
 
         def number(value: Any) -> float | None:
             return None if value is None else float(value)
@@ -95,7 +106,8 @@ class Calibration:
         return cls(temperature=temperature, threshold=None if threshold is None else float(threshold),
                    target_precision=float(payload["target_precision"]), test_coverage=number(coverage),
                    calibration_source=fitted.get("source"), calibration_coverage=number(fitted.get("coverage")),
-                   precision_lower_bound=number(fitted.get("precision_lower_bound")))
+                   precision_lower_bound=number(fitted.get("precision_lower_bound")),
+                   set_quantile=number(quantile), set_alpha=number(sets.get("alpha")))
 
     @classmethod
     def read(cls, path: Path) -> Calibration:
@@ -148,7 +160,11 @@ class ImageClassifier:
         self.classes: list[str] = list(config["classes"])
         self.settings = settings
         self.calibration = calibration or Calibration()
+        # Loading a model leaves the process's thread count as it was (the gate loads the champion beside the
+        # challenger); each classifier applies its own count around its own forward passes.
+        threads = torch.get_num_threads()
         self.runtime: Runtime = resolve_runtime(settings.channels_last, settings.bf16, settings.num_threads)
+        torch.set_num_threads(threads)
         self.model = model.to(memory_format=torch.channels_last) if self.runtime.channels_last else model
 
     @classmethod
@@ -193,7 +209,8 @@ class ImageClassifier:
     def _logits(self, pixels: np.ndarray) -> torch.Tensor:
         batch = ImageSet(pixels=torch.from_numpy(pixels), labels=torch.zeros(len(pixels), dtype=torch.int64),
                          names=[""] * len(pixels))
-        return predict_logits(self.model, batch, self.settings.batch_size, self.runtime)
+        with torch_threads(self.runtime.threads):
+            return predict_logits(self.model, batch, self.settings.batch_size, self.runtime)
 
     def _forward(self, pixels: np.ndarray) -> np.ndarray:
         """Calibrated probabilities: softmax of logits / temperature (the argmax, so the label, is unchanged).
@@ -224,7 +241,7 @@ class ImageClassifier:
                     log.warning("%s: %s", names[index], errors[index])
                     # No prediction is no label: such a row always goes to a human.
                     rows.append({"image": names[index], "label": "", "confidence": float("nan"), "top3": "",
-                                 "needs_review": True, "error": errors[index]})
+                                 "needs_review": True, "prediction_set": "", "error": errors[index]})
                 else:
                     rows.append({"image": names[index], **self._describe(probabilities[position[index]])})
         return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
@@ -234,7 +251,14 @@ class ImageClassifier:
         confidence = float(probabilities[order[0]])
         return {"label": self.classes[order[0]], "confidence": round(confidence, 6),
                 "top3": format_top3([(self.classes[i], float(probabilities[i])) for i in order]),
-                "needs_review": self.calibration.needs_review(confidence), "error": ""}
+                "needs_review": self.calibration.needs_review(confidence),
+                "prediction_set": self._prediction_set(probabilities), "error": ""}
+
+    def _prediction_set(self, probabilities: np.ndarray) -> str:
+        """The conformal set (``a|b``, most probable first) the reviewer chooses from; empty without a quantile."""
+        if self.calibration.set_quantile is None:
+            return ""
+        return join_set(set_labels(probabilities[None, :], self.calibration.set_quantile, self.classes)[0])
 
 
 def _file_loader(path: Path | str | None) -> Loader:

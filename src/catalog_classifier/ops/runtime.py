@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,22 @@ def resolve_runtime(channels_last: bool | str, bf16: bool | str, num_threads: in
         channels_last=True if channels_last == "auto" else bool(channels_last),
         bf16=cpu_has_native_bf16() if bf16 == "auto" else bool(bf16),
     )
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads, then give the caller its own count back.
+
+    torch's thread count is one per process: a model that sets it for itself (a champion loaded beside a
+    challenger, each with its stored settings) would otherwise decide how fast every other model runs."""
+    before = torch.get_num_threads()
+    if before != threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -4,7 +4,8 @@ The challenger is the model the compare stage selected on validation macro-F1 (n
 current champion are run, each with its own stored preprocessing, on the same images: today's test split minus
 the champion's training images. The rule itself is :func:`catalog_classifier.registry.gate.decide`; the registry
 writes are in :mod:`catalog_classifier.registry.versions`. ``dry_run`` scores and decides but logs, registers and
-writes nothing.
+writes nothing. The pipeline's stage is idempotent: a run whose served files are registered already gets no new
+version (``reuse_registered``); naming a model on the command line always registers and judges it.
 
 Each version also gets a markdown description (:mod:`catalog_classifier.registry.descriptions`), rendered from
 its tags, so a reviewer reads the decision and its figures in the registry UI; a rollback renders it again.
@@ -16,6 +17,7 @@ how much of the gate's images the challenger auto-labelled at that threshold.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -48,11 +50,14 @@ from catalog_classifier.registry.selection import weights_label
 from catalog_classifier.registry.served import TRAIN_MANIFEST, load_served_model, log_served_model
 from catalog_classifier.registry.tracking import data_version, git_tags, setup_mlflow
 from catalog_classifier.registry.versions import (
+    CLASSIFIER_TAG,
     champion_version,
     now,
     record_decision,
     register_challenger,
+    registered_version,
     rollback,
+    tag_value,
     version_tags,
 )
 
@@ -81,6 +86,19 @@ def _challenger_dir(project: Project, model_name: str, run_id: str, folder: Path
                                                    dst_path=str(folder / "download"))
     shutil.copyfile(manifest, directory / TRAIN_MANIFEST)
     return directory
+
+
+def classifier_fingerprint(directory: Path) -> str:
+    """sha256 over the served folder's files (relative names and bytes, in name order): two folders with this
+    digest serve the same predictions, sets and review flags."""
+    digest = hashlib.sha256()
+    for path in sorted(item for item in directory.rglob("*") if item.is_file()):
+        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def _labels(classifier: ImageClassifier, paths: list[Path]) -> list[str]:
@@ -171,8 +189,16 @@ def require_configured(project: Project, model_name: str) -> None:
         raise ParamsError(f"{model_name!r} is not one of params.models ({', '.join(project.params.models)})")
 
 
-def promote(project: Project, model_name: str, run_id: str, *, dry_run: bool = False) -> dict[str, Any]:
-    """Register ``model_name``'s run as challenger, apply the gate, move ``champion`` if it passes; the report."""
+def promote(project: Project, model_name: str, run_id: str, *, dry_run: bool = False,
+            reuse_registered: bool = False) -> dict[str, Any]:
+    """Register ``model_name``'s run as challenger, apply the gate, move ``champion`` if it passes; the report.
+
+    ``reuse_registered`` (the pipeline's promote stage): when a version of the same run with the same classifier
+    files is registered already, register, log and move nothing and report that version ("unchanged"). DVC runs
+    the stage again whenever any model's outputs change, e.g. after a model that was not selected is retrained.
+
+    The served model is logged only once the lock is held and the gate has decided: a promote that times out on
+    the lock, or fails before registering, leaves no logged model behind for its retry to add to."""
     import mlflow
 
     require_configured(project, model_name)
@@ -185,6 +211,7 @@ def promote(project: Project, model_name: str, run_id: str, *, dry_run: bool = F
     facts = model_facts(project, model_name)
     with tempfile.TemporaryDirectory(prefix="catalog-promote-") as tmp:
         classifier_dir = _challenger_dir(project, model_name, run_id, Path(tmp))
+        context[CLASSIFIER_TAG] = classifier_fingerprint(classifier_dir)
         challenger = ImageClassifier.from_dir(classifier_dir)
         if dry_run:
             champion = champion_version(client, name)
@@ -195,20 +222,59 @@ def promote(project: Project, model_name: str, run_id: str, *, dry_run: bool = F
         lock = choose_lock(mlflow.get_registry_uri(), project.root, params.registry, "promote")
         lock.check()
         example = project.path(params.data.images_dir) / read_manifest(project, "test")["image"].iloc[0]
-        with mlflow.start_run(run_id=run_id):
-            served = log_served_model(classifier_dir, example)
         with lock.held():
             # Read the champion only once the lock is held: a concurrent promote may just have moved it.
             champion = champion_version(client, name)
+            existing = registered_version(client, name, run_id, context[CLASSIFIER_TAG]) if reuse_registered else None
+            if existing is not None:
+                return unchanged_report(name, str(existing.version), existing.tags or {}, champion,
+                                        {**context, **facts})
             decision, excluded = judge(project, challenger, model_name, champion)
-            version = register_challenger(client, name, served.model_uri, run_id, context,
-                                          model_id=served.model_id).version
+            with mlflow.start_run(run_id=run_id):
+                served = log_served_model(classifier_dir, example)
+            try:
+                version = register_challenger(client, name, served.model_uri, run_id, context,
+                                              model_id=served.model_id).version
+            except BaseException:
+                _forget_logged_model(client, served.model_id)
+                raise
             tags = version_tags(decision.to_dict(), {**context, "decided_at": now(),
                                                      **{key: str(value) for key, value in facts.items()},
                                                      **calibration_tags(challenger.calibration, decision.figures)})
             record_decision(client, name, str(version), decision.promote, tags)
             refresh_description(client, name, str(version))
     return _report(name, str(version), champion, decision, excluded, {**context, **facts}, dry_run=False)
+
+
+def _forget_logged_model(client: Any, model_id: str | None) -> None:
+    """Delete a logged model no version came to serve (registration failed), so a retry leaves one, not two."""
+    if model_id is None:
+        return
+    try:
+        client.delete_logged_model(model_id)
+    except Exception as err:  # the registration error is the one to report; this is only housekeeping
+        log.warning("logged model %s was not registered and could not be deleted (%s)", model_id, err)
+
+
+# Tags of a version that are not figures of its gate decision (context, facts, calibration, registry events).
+_NOT_FIGURES = frozenset({"decision", "reason", "decided_at", "data_version", "git_commit", "git_dirty_files",
+                          "source_model", "source_run_id", CLASSIFIER_TAG, "val_f1_macro", "test_f1_macro",
+                          "weights", "temperature", "autolabel_threshold", "autolabel_target_precision",
+                          "autolabel_coverage", "previous_champion", "rolled_back_at", "rolled_back_to",
+                          "restored_at"})
+
+
+def unchanged_report(name: str, version: str, tags: dict[str, str], champion: str | None,
+                     context: dict[str, Any]) -> dict[str, Any]:
+    """The report of a promote stage that found its model registered already: that version's decision and figures
+    (from its tags), the registry as it is, nothing changed."""
+    then = tags.get("decision", "unknown")
+    reason = (f"{context['source_model']} run {context['source_run_id'][:12]} is already registered as v{version} "
+              f"with the same files (classifier sha256 {context[CLASSIFIER_TAG][:12]}): nothing registered, champion "
+              f"unchanged; v{version} was {then}: {tags.get('reason', 'no reason recorded')}")
+    figures = {key: tag_value(value) for key, value in tags.items() if key not in _NOT_FIGURES}
+    report = _report(name, version, champion, Decision(False, reason, figures), [], context, dry_run=False)
+    return {**report, "decision": "unchanged", "champion_after": champion, "registered_decision": then}
 
 
 def roll_back(project: Project) -> tuple[str, str]:
@@ -250,6 +316,8 @@ def describe(report: dict[str, Any]) -> str:
     who = f"{report['registered_model']} v{report['version']}" if report["version"] else (
         f"{report['registered_model']} candidate")
     verdict = "becomes champion" if report["promote"] else "stays challenger"
+    if report["decision"] == "unchanged":
+        verdict = "is registered already: nothing changed"
     if report["dry_run"]:
         verdict = "would become champion" if report["promote"] else "would not become champion"
     lines = [

@@ -7,11 +7,12 @@ image file's bytes, base64-encoded, in a column named ``image``:
 
     POST /invocations  {"dataframe_records": [{"image": "<base64 of the JPEG/PNG file>"}, ...]}
     -> {"predictions": [{"label": ..., "confidence": ..., "top3": "label:p;label:p;label:p",
-                         "needs_review": false, "error": ""}, ...]}
+                         "needs_review": false, "prediction_set": ["label", ...], "error": ""}, ...]}
 
 ``confidence`` is calibrated (the temperature the evaluate stage fitted on validation, carried in the model's
 ``autolabel.json``); ``needs_review`` is false only at or above the threshold that reached
-``autolabel.target_precision`` on validation. An unreadable image has ``confidence`` null, ``needs_review`` true.
+``autolabel.target_precision`` on validation; ``prediction_set`` is the conformal set (the model's quantile) a
+reviewer chooses from. An unreadable image has ``confidence`` null, ``needs_review`` true, an empty set.
 
 It is logged as "model from code" (``served_model.py``, no pickle) and the class lives in the package, so it
 loads wherever ``catalog_classifier`` is importable: in this project's virtual environment, which is what
@@ -32,6 +33,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
+from catalog_classifier.modeling.conformal import split_set
 from catalog_classifier.modeling.prediction import OUTPUT_COLUMNS, ImageClassifier
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ class CatalogClassifierModel(mlflow.pyfunc.PythonModel):
         confidence = frame["confidence"].astype(object)
         frame["confidence"] = confidence.where(frame["confidence"].notna(), None)
         frame["needs_review"] = frame["needs_review"].astype(bool)
+        frame["prediction_set"] = frame["prediction_set"].map(split_set)  # a JSON list of labels
         return frame[RESPONSE_COLUMNS]
 
 
@@ -94,11 +97,13 @@ def _requirements() -> list[str]:
 def _signature() -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import Array
 
     return ModelSignature(
         inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
         outputs=Schema([ColSpec("string", "label"), ColSpec("double", "confidence", required=False),
-                        ColSpec("string", "top3"), ColSpec("boolean", "needs_review"), ColSpec("string", "error")]),
+                        ColSpec("string", "top3"), ColSpec("boolean", "needs_review"),
+                        ColSpec(Array("string"), "prediction_set"), ColSpec("string", "error")]),
     )
 
 
@@ -116,7 +121,8 @@ def log_served_model(classifier_dir: Path, example_image: Path) -> Any:
         metadata={"classes": classifier.classes, "model_name": classifier.config["model_name"],
                   "request": f"base64-encoded image file bytes in column {INPUT_COLUMN!r}",
                   "temperature": classifier.calibration.temperature,
-                  "autolabel_threshold": classifier.calibration.threshold},
+                  "autolabel_threshold": classifier.calibration.threshold,
+                  "set_quantile": classifier.calibration.set_quantile, "set_alpha": classifier.calibration.set_alpha},
     )
 
 

@@ -28,6 +28,8 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "champion_history"
 LAST_EVENT_TAG = "last_champion_event"
+# sha256 of the served classifier's files (weights, config, settings, calibration, training manifest)
+CLASSIFIER_TAG = "classifier_sha256"
 
 
 class RegistryError(RuntimeError):
@@ -104,6 +106,24 @@ def register_challenger(client: MlflowClient, name: str, model_uri: str, run_id:
     return version
 
 
+def registered_version(client: MlflowClient, name: str, run_id: str, fingerprint: str) -> ModelVersion | None:
+    """The newest version of ``name`` registered from ``run_id`` with these exact classifier files (tag
+    ``CLASSIFIER_TAG``), or None: what makes the pipeline's promote stage idempotent."""
+    versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    same = [version for version in versions if (version.tags or {}).get(CLASSIFIER_TAG) == fingerprint]
+    return max(same, key=lambda version: int(version.version)) if same else None
+
+
+def tag_value(text: str) -> Any:
+    """A tag written by :func:`version_tags` read back: numbers, lists and dicts from JSON, "None" as None."""
+    if text == "None":
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def version_tags(decision: dict[str, Any], context: dict[str, str]) -> dict[str, str]:
     """Flat string tags: the decision, its reason, every figure compared, and where the model came from."""
     tags = {"decision": "promoted" if decision["promote"] else "rejected", "reason": decision["reason"][:5000],
@@ -114,7 +134,11 @@ def version_tags(decision: dict[str, Any], context: dict[str, str]) -> dict[str,
 
 
 def record_decision(client: MlflowClient, name: str, version: str, promote: bool, tags: dict[str, str]) -> None:
-    """Write the decision on the version; on promotion move ``champion`` and extend the history."""
+    """Write the decision on the version; on promotion move ``champion`` and extend the history.
+
+    The alias moves before the history grows: a crash in between leaves a champion missing from the history, which a
+    rollback still handles (it restores the history's last entry, the champion before). History first, a rollback
+    would "restore" the version that never held the alias."""
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     if not promote:
@@ -130,7 +154,12 @@ def record_decision(client: MlflowClient, name: str, version: str, promote: bool
 
 
 def rollback(client: MlflowClient, name: str) -> tuple[str, str]:
-    """Move ``champion`` back to the version that held it before; returns (from, to). History keeps the rest."""
+    """Move ``champion`` back to the version that held it before; returns (from, to). History keeps the rest.
+
+    The history is written before the alias moves: a crash in between leaves ``champion`` on the version being
+    rolled back with a history that already ends at its predecessor, so the next rollback restores that
+    predecessor. (Alias first, the next rollback would read the old history, whose last entry is the version just
+    demoted, and restore it.) A promotion writes in the other order, for the same reason."""
     current = champion_version(client, name)
     if current is None:
         raise RegistryError(f"registered model {name!r} has no champion to roll back")
@@ -141,9 +170,9 @@ def rollback(client: MlflowClient, name: str) -> tuple[str, str]:
         raise RegistryError(f"{name!r} v{current} is the first champion: there is no previous champion to restore")
     target = history[-1]
     stamp = now()
-    client.set_registered_model_alias(name, CHAMPION, target)
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
     client.set_registered_model_tag(name, LAST_EVENT_TAG, f"{stamp} rollback: champion {current} -> {target}")
+    client.set_registered_model_alias(name, CHAMPION, target)
     client.set_model_version_tag(name, current, "rolled_back_at", stamp)
     client.set_model_version_tag(name, current, "rolled_back_to", target)
     client.set_model_version_tag(name, target, "restored_at", stamp)

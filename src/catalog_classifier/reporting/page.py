@@ -58,6 +58,8 @@ AUTOLABEL_HEADER = ["model", "T", "test ECE before → after", "target precision
                     "fitted on: coverage, precision lower bound", "test coverage (n) [interval]",
                     "test precision [interval]", "weakest class (test coverage)"]
 UNREACHABLE = "no threshold: the precision bound never reaches the target; nothing auto-labelled"
+SETS_HEADER = ["model", "alpha", "LAC quantile (fitted on)", "test coverage [interval]", "mean set size",
+               "sets by size", "lowest class coverage (its mean size)"]
 VERSION_NOTES = [("previous_champion", "replaced v{}"), ("rolled_back_at", "rolled back at {}"),
                  ("rolled_back_to", "champion went back to v{}"), ("restored_at", "restored as champion at {}")]
 
@@ -331,6 +333,26 @@ def calibration_fit(fitted: dict[str, Any]) -> str:
         return MISSING_VALUE
     return (f"{fitted.get('source', MISSING_VALUE)}: coverage {fmt(fitted.get('coverage'), '.3f')}, "
             f"bound {fmt(fitted.get('precision_lower_bound'), '.4f')}")
+def set_cells(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(cell class, text) of a model's prediction-set row (autolabel.json "conformal"); empty when not recorded."""
+    sets = summary.get("conformal")
+    if not sets:
+        return []
+    test = sets.get("test") or {}
+    measured = [(name, row) for name, row in (test.get("per_class") or {}).items() if row.get("coverage") is not None]
+    lowest = MISSING_VALUE
+    if measured:
+        name, row = min(measured, key=lambda item: item[1]["coverage"])
+        lowest = f"{name} {row['coverage']:.3f} ({fmt(row.get('mean_set_size'), '.2f')})"
+    sizes = ", ".join(f"{size}: {count}" for size, count in (test.get("size_counts") or {}).items()) or MISSING_VALUE
+    return [
+        ("ps-alpha", fmt(sets.get("alpha"), "g")),
+        ("ps-quantile", f"{fmt(sets.get('quantile'), '.4f')} ({sets.get('calibration', 'val')})"),
+        ("ps-coverage", f"{fmt(test.get('coverage'), '.3f')}{interval(test.get('coverage_interval'))}"),
+        ("ps-size", fmt(test.get("mean_set_size"), ".2f")),
+        ("ps-sizes", sizes),
+        ("ps-lowest", lowest),
+    ]
 
 
 def selected_inputs(inputs: ReportInputs, best: str) -> ModelInputs:
@@ -488,6 +510,8 @@ def render_html(inputs: ReportInputs, settings: EmbedSettings | None = None) -> 
         example=study_example(inputs, best), champion=champion,
         champion_calibration=calibration_text(champion.tags) if champion else None,
         autolabel_header=AUTOLABEL_HEADER, autolabel_cells=autolabel_cells, selected=selected,
+        sets_header=SETS_HEADER, set_cells=set_cells,
+        set_models=[model for model in inputs.models if (model.autolabel or {}).get("conformal")],
         precision_coverage_png=precision_coverage_png(selected),
         near_duplicates_png=near_duplicates_png(inputs.quality.get("near_duplicate_pairs") or [], inputs.images_dir),
         compared=compared_figures((inputs.promotion or {}).get("figures") or {}),

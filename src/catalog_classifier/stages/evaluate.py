@@ -8,6 +8,7 @@ from typing import Any
 
 from catalog_classifier.config.layout import Project
 from catalog_classifier.modeling.autolabel import autolabel_line, autolabel_metrics
+from catalog_classifier.modeling.conformal import conformal_line, conformal_metrics
 from catalog_classifier.modeling.model_evaluation import class_report_markdown, evaluate_model
 from catalog_classifier.ops.io import read_json, write_csv, write_json, write_text
 from catalog_classifier.registry.datasets import log_split_inputs
@@ -44,6 +45,14 @@ def run_evaluate(project: Project, model_name: str) -> dict[str, Any]:
             "latency_p50_ms": results["latency_ms"]["p50"], "latency_p95_ms": results["latency_ms"]["p95"],
             **{metric_key(f"test/f1/{name}"): values["f1"] for name, values in results["test"]["per_class"].items()},
             **{name: value for name, value in autolabel_metrics(autolabel.summary).items() if value is not None},
+            **{name: value for name, value in conformal_metrics(autolabel.summary["conformal"]).items()
+               if value is not None},
+            **{metric_key(f"test/set_coverage/{name}"): values["coverage"]
+               for name, values in autolabel.summary["conformal"]["test"]["per_class"].items()
+               if values["coverage"] is not None},
+            **{metric_key(f"test/set_size/{name}"): values["mean_set_size"]
+               for name, values in autolabel.summary["conformal"]["test"]["per_class"].items()
+               if values["mean_set_size"] is not None},
         })
         for name in ("metrics.json", "predictions.csv", "val_predictions.csv", "confusion.png", "report.md",
                      "autolabel.json", "precision_coverage.csv", "reliability.png"):
@@ -53,4 +62,5 @@ def run_evaluate(project: Project, model_name: str) -> dict[str, Any]:
           f"{test_interval['high']:.4f}], accuracy {results['test']['accuracy']:.4f}; val macro-F1 "
           f"{results['val']['f1_macro']:.4f} [{val_interval['low']:.4f}, {val_interval['high']:.4f}]")
     print(autolabel_line(autolabel.summary))
+    print(conformal_line(model_name, autolabel.summary["conformal"]))
     return results

@@ -16,10 +16,13 @@ from catalog_classifier.registry.selection import selected_model
 
 def run_promote(project: Project, dry_run: bool = False, model_name: str | None = None) -> dict[str, Any]:
     """Register the selected model (or ``model_name``) as challenger, apply the gate, move ``champion`` if it passes."""
+    # The stage (no model named) registers the selected model once per run and files: DVC reruns it whenever any
+    # model's outputs change. A model named on the command line is an explicit request: always judged again.
+    reuse_registered = model_name is None
     model_name = model_name or selected_model(read_json(project.comparison()), project.comparison())
     require_configured(project, model_name)
     run_id = read_json(project.run_record(model_name))["run_id"]
-    report = promote(project, model_name, run_id, dry_run=dry_run)
+    report = promote(project, model_name, run_id, dry_run=dry_run, reuse_registered=reuse_registered)
     if not dry_run:
         write_json(project.promotion_report(), report)
     print(describe(report))
