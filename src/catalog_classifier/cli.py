@@ -215,9 +215,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if bool(args.paths) == bool(args.input):
         raise InputError("give what to predict either as --input DIR_OR_CSV or as PATH arguments (one of them)")
+    if args.input and not Path(args.input).exists():  # PATH arguments may name missing files: they get a row each
+        raise InputError(f"no such file or folder: {args.input}")
     project = _project(args)
     run_predict(project, [args.input] if args.input else args.paths, model_uri(project, args.version, args.model),
-                Path(args.output) if args.output else None)
+                Path(args.output) if args.output else None, resume=args.resume)
     return 0
 
 
@@ -346,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--model", dest="model", help=argparse.SUPPRESS)
     predict.add_argument("-o", "--output", help="predictions CSV to write, with <stem>_review.csv and "
                          "<stem>_summary.json beside it (default: predictions to standard output only)")
+    predict.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                         help="continue the partial output of an interrupted run of the same inputs and model "
+                              "(<output>.partial), skipping the rows it holds (default: on); --no-resume starts over")
     serve = add("serve", cmd_serve, "serve the champion over HTTP with mlflow models serve (offline)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     serve.add_argument("--port", type=int, default=5001, help="port (default: %(default)s)")

@@ -508,6 +508,14 @@ class RegistryParams(_Strict):
         return name
 
 
+class BatchPredictParams(_Strict):
+    """``catalog-classifier predict --input``: how the streaming batch prediction decodes ahead of the model (the
+    batch size and threads are the model's own, stored with it)."""
+
+    decode_workers: int = Field(default=2, ge=1, le=64)  # threads decoding and resizing images
+    prefetch_batches: int = Field(default=2, ge=1, le=16)  # batches decoded ahead of the forward pass (memory bound)
+
+
 class ReportParams(_Strict):
     """``catalog-classifier report``: the self-contained HTML page of the latest run."""
 
@@ -538,6 +546,8 @@ class Params(_Strict):
     bench: BenchParams
 
     report: ReportParams
+
+    batch_predict: BatchPredictParams = Field(default_factory=BatchPredictParams)
 
     @field_validator("models")
     @classmethod
