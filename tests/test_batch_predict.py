@@ -80,7 +80,7 @@ def _command(model: Path, csv: Path, output: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "catalog_classifier.cli", "predict", "--input", str(csv), "--output", str(output),
             "--model-uri", str(model), "--params", str(REPO / "params.yaml"),
             "--set", f"mlflow.tracking_uri=sqlite:///{output.parent / 'mlflow.db'}",
-            "--set", "batch_predict.decode_workers=2", *extra]
+            "--set", "batch_predict.decode_workers=2", "--set", "batch_predict.runtime=torch", *extra]
 
 
 def _environment(**extra: str) -> dict[str, str]:
@@ -286,3 +286,50 @@ def test_user_errors_exit_2_with_one_line(what: str, args: list[str], expected: 
     assert status == 2, what
     assert expected in line
     assert not (tmp_path / "o.csv").exists()
+
+
+# --- the ONNX Runtime path -------------------------------------------------------------------------------------
+
+def test_the_onnx_export_agrees_with_pytorch_and_predicts_the_same_rows(catalogue: tuple[Path, Path],
+                                                                        tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    from registry_helpers import cli
+
+    from catalog_classifier.modeling.onnx_runtime import OnnxImageClassifier, export_onnx, parity
+    from catalog_classifier.registry.served import load_served_model
+
+    model, csv = catalogue
+    classifier = load_served_model(str(model)).classifier
+    onnx = OnnxImageClassifier(classifier, export_onnx(classifier.model, classifier.config, tmp_path / "m.onnx"))
+    images = sorted((csv.parent / "img").glob("[0-9]*.png"))
+    agreement = parity(classifier, onnx, images)
+    assert agreement["top1_agreement"] == 1.0 and agreement["n_images"] == N_IMAGES
+    assert agreement["max_abs_logit_diff"] < 1e-4
+    # A batch of 3 through a graph traced with 2: the batch axis is dynamic.
+    assert onnx.predict_files(images[:3])["label"].tolist() == classifier.predict_files(images[:3])["label"].tolist()
+
+    outputs = {}
+    for runtime in ("torch", "onnx"):
+        outputs[runtime] = tmp_path / f"{runtime}.csv"
+        assert cli(["predict", "--input", str(csv), "--output", str(outputs[runtime]), "--model-uri", str(model),
+                    "--params", str(REPO / "params.yaml"), "--set", f"batch_predict.runtime={runtime}",
+                    "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}"]) == 0
+    torch_rows, onnx_rows = (pd.read_csv(outputs[name], keep_default_na=False) for name in ("torch", "onnx"))
+    assert list(onnx_rows["label"]) == list(torch_rows["label"])
+    summary = pd.read_json(tmp_path / "onnx_summary.json", typ="series")
+    assert summary["runtime"] == "onnx" and summary["n_images"] == ROWS
+
+
+def test_the_runtime_choice_is_the_faster_one_for_the_purpose(tmp_path: Path) -> None:
+    from catalog_classifier.modeling.inference_runtime import choose_runtime, faster_runtime
+
+    figures = {"torch": {"p50_ms": 11.6, "batch_images_per_s": 122.0},
+               "onnx": {"p50_ms": 7.9, "batch_images_per_s": 118.0}}
+    assert faster_runtime(figures, "single") == "onnx"
+    assert faster_runtime(figures, "batch") == "torch"
+    assert faster_runtime({"torch": {}, "onnx": {}}, "batch") == "torch"  # nothing measured: PyTorch
+    record = tmp_path / "predict.json"
+    record.write_text(pd.Series({"choice_figures": figures}).to_json())
+    assert choose_runtime("auto", record, "single") == "onnx"
+    assert choose_runtime("auto", tmp_path / "absent.json", "single") == "torch"
+    assert choose_runtime("torch", record, "single") == "torch"  # asked for by name: no measurement overrides it

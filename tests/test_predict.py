@@ -106,7 +106,7 @@ def stub_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace
     csv = tmp_path / "todo.csv"
     pd.DataFrame(STUB_ROWS, columns=["image", "label"]).to_csv(csv, index=False)
     return SimpleNamespace(classifier=classifier, csv=csv, output=tmp_path / "out" / "predictions.csv",
-                           args=["--params", str(REPO / "params.yaml")])
+                           args=["--params", str(REPO / "params.yaml"), "--set", "batch_predict.runtime=torch"])
 
 
 def test_a_csv_with_unreadable_rows_gets_their_reasons_and_the_rest_predicted(

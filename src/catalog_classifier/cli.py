@@ -223,6 +223,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_predict(args: argparse.Namespace) -> int:
+    from catalog_classifier.config.layout import Project
+    from catalog_classifier.stages.bench_predict import QUICK_OVERRIDES, run_bench_predict
+
+    overrides = {**(QUICK_OVERRIDES if args.quick else {}), **dict(item.split("=", 1) for item in args.set or [])}
+    run_bench_predict(Project.load(args.params, overrides), quick=args.quick)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from catalog_classifier.stages.serve import run_serve
 
@@ -381,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("bench", cmd_bench, "speed: training and inference against a naive loop and the machine's peak "
         "(JSON in bench.out_dir, MLflow run 'bench')").add_argument(
         "--quick", action="store_true", help="a few images and steps, no compile: a smoke run, not a measurement")
+    add("bench-predict", cmd_bench_predict, "prediction runtimes (PyTorch eager fp32/bf16, frozen, ONNX Runtime) "
+        "with ONNX parity, the runtime choice, and streaming batch predict end to end with peak RSS "
+        "(JSON in bench.out_dir/predict.json)").add_argument(
+        "--quick", action="store_true", help="few repeats and 200 rows: a smoke run, not a measurement")
     add("stack", cmd_stack, "the team stack on this machine (PostgreSQL, MLflow and Prefect servers, a work pool "
         "and a worker): start, stop, status, client environment, register prefect.yaml's deployments").add_argument(
         "action", choices=["up", "down", "status", "env", "deploy"],

@@ -514,6 +514,10 @@ class BatchPredictParams(_Strict):
 
     decode_workers: int = Field(default=2, ge=1, le=64)  # threads decoding and resizing images
     prefetch_batches: int = Field(default=2, ge=1, le=16)  # batches decoded ahead of the forward pass (memory bound)
+    # The forward pass: torch, onnx (ONNX Runtime on the exported graph), or auto: the faster one on this machine
+    # as `catalog-classifier bench-predict` measured it (<bench.out_dir>/predict.json), torch until it has run.
+    runtime: Literal["auto", "torch", "onnx"] = "auto"
+    bench_rows: list[int] = Field(default_factory=lambda: [10_000], min_length=1)  # bench-predict: rows per run
 
 
 class ReportParams(_Strict):

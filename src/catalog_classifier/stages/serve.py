@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from catalog_classifier.registry.tracking import setup_mlflow
 from catalog_classifier.registry.versions import CHAMPION
 
 log = logging.getLogger(__name__)
+
+PREDICT_BENCH = "predict.json"  # bench-predict's record in bench.out_dir: which runtime is faster here
 
 
 def model_uri(project: Project, version: str | None = None, uri: str | None = None) -> str:
@@ -30,18 +33,10 @@ def run_predict(project: Project, sources: Sequence[str], uri: str, output: Path
     files and folders. Returns the summary."""
     from mlflow.exceptions import MlflowException
 
-    from catalog_classifier.modeling.batch_prediction import (
-        StreamSettings,
-        SummaryCounter,
-        describe_summary,
-        predict_to_file,
-        predict_to_stream,
-        read_inputs,
-        summarise_file,
-        write_companions,
-    )
-    from catalog_classifier.modeling.inference_runtime import runtime_name
-    from catalog_classifier.registry.model_access import classify_load_error, load_model_or_classify, model_identity
+    from catalog_classifier.modeling.batch_prediction import read_inputs
+    from catalog_classifier.modeling.inference_runtime import ONNX, choose_runtime
+    from catalog_classifier.modeling.onnx_runtime import with_onnx
+    from catalog_classifier.registry.model_access import classify_load_error, load_model_or_classify
     from catalog_classifier.registry.tracking import resolve_tracking_uri
 
     batch = read_inputs(sources)  # before loading the model: a bad input fails at once
@@ -51,8 +46,28 @@ def run_predict(project: Project, sources: Sequence[str], uri: str, output: Path
     except MlflowException as err:
         raise classify_load_error(err, uri, tracking_uri) from None
     served = load_model_or_classify(uri, tracking_uri)
-    classifier = served.classifier
     settings = project.params.batch_predict
+    runtime = choose_runtime(settings.runtime, project.path(project.params.bench.out_dir) / PREDICT_BENCH, "batch")
+    with tempfile.TemporaryDirectory(prefix="catalog-predict-") as scratch:
+        classifier = (with_onnx(served.classifier, served.directory, Path(scratch)) if runtime == ONNX
+                      else served.classifier)
+        return _predict_with(classifier, served, batch, uri, output, settings, resume)
+
+
+def _predict_with(classifier: Any, served: Any, batch: Any, uri: str, output: Path | None, settings: Any,
+                  resume: bool) -> dict[str, Any]:
+    from catalog_classifier.modeling.batch_prediction import (
+        StreamSettings,
+        SummaryCounter,
+        describe_summary,
+        predict_to_file,
+        predict_to_stream,
+        summarise_file,
+        write_companions,
+    )
+    from catalog_classifier.modeling.inference_runtime import runtime_name
+    from catalog_classifier.registry.model_access import model_identity
+
     stream = StreamSettings(decode_workers=settings.decode_workers, prefetch_batches=settings.prefetch_batches)
     if output is None:
         counter = SummaryCounter(batch.has_labels)
@@ -62,7 +77,9 @@ def run_predict(project: Project, sources: Sequence[str], uri: str, output: Path
         # Standard output carries the CSV when there is no output file: the summary line must not end up in it.
         print(describe_summary(summary), file=sys.stderr)
         return summary
-    state = {"inputs": batch.identity(), "model_uri": uri, "model": model_identity(served)}
+    # A partial output resumes only with the same inputs, model files and runtime: no file mixes two models' answers.
+    state = {"inputs": batch.identity(), "model_uri": uri, "model": model_identity(served),
+             "runtime": runtime_name(classifier)}
     figures = predict_to_file(classifier, batch, output, state, stream, resume=resume)
     summary, queue = summarise_file(output, batch, classifier)
     summary.update(model_uri=uri, runtime=runtime_name(classifier), rows_resumed=figures.rows_resumed,
