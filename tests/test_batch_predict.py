@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from batch_helpers import CLASSES, save_served_model
 from conftest import REPO
 from PIL import Image
 
@@ -28,34 +29,9 @@ from catalog_classifier.modeling.batch_prediction import (
     read_inputs,
 )
 
-CLASSES = ["Baby Care", "Watches", "Computers"]
 N_IMAGES = 12
 ROWS = 480
 BATCH = 8
-
-
-def _save_served_model(folder: Path) -> Path:
-    """A timm test network (random, seeded) saved as the served pyfunc, with a hand-made calibration."""
-    import mlflow
-    import torch
-
-    from catalog_classifier.modeling.models import create_classifier, save_classifier
-    from catalog_classifier.modeling.prediction import InferenceSettings, write_classifier_dir
-    from catalog_classifier.registry import served
-
-    torch.manual_seed(0)
-    model, _ = create_classifier("test_efficientnet", len(CLASSES), image_size=32)
-    weights = folder / "train" / "model.pt"
-    weights.parent.mkdir(parents=True)
-    save_classifier(model, "test_efficientnet", CLASSES, weights)
-    settings = InferenceSettings(batch_size=BATCH, channels_last=False, bf16=False, num_threads=1)
-    autolabel = folder / "autolabel.json"
-    autolabel.write_text('{"temperature": 1.0, "target_precision": 0.9, "reachable": true, "threshold": 0.34}')
-    classifier = write_classifier_dir(weights, folder / "classifier", settings, autolabel)
-    target = folder / "pyfunc"
-    mlflow.pyfunc.save_model(path=str(target), python_model=str(Path(served.__file__).with_name("served_model.py")),
-                             artifacts={served.ARTIFACT_KEY: str(classifier)})
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +49,7 @@ def catalogue(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     rows[5], rows[200] = "img/missing.png", "img/corrupt.png"
     labels = [CLASSES[i % 3] for i in range(ROWS)]
     pd.DataFrame({"image": rows, "label": labels}).to_csv(folder / "todo.csv", index=False)
-    return _save_served_model(folder), folder / "todo.csv"
+    return save_served_model(folder, BATCH), folder / "todo.csv"
 
 
 def _command(model: Path, csv: Path, output: Path, *extra: str) -> list[str]:

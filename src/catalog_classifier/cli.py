@@ -219,7 +219,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise InputError(f"no such file or folder: {args.input}")
     project = _project(args)
     run_predict(project, [args.input] if args.input else args.paths, model_uri(project, args.version, args.model),
-                Path(args.output) if args.output else None, resume=args.resume)
+                Path(args.output) if args.output else None, resume=args.resume, rows=args.rows)
     return 0
 
 
@@ -357,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--model", dest="model", help=argparse.SUPPRESS)
     predict.add_argument("-o", "--output", help="predictions CSV to write, with <stem>_review.csv and "
                          "<stem>_summary.json beside it (default: predictions to standard output only)")
+    predict.add_argument("--rows", metavar="START:STOP",
+                         help="only the input rows [START, STOP) (0-based; one shard of a catalogue, see the "
+                              "batch-label flow)")
     predict.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                          help="continue the partial output of an interrupted run of the same inputs and model "
                               "(<output>.partial), skipping the rows it holds (default: on); --no-resume starts over")

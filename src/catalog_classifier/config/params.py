@@ -518,6 +518,10 @@ class BatchPredictParams(_Strict):
     # as `catalog-classifier bench-predict` measured it (<bench.out_dir>/predict.json), torch until it has run.
     runtime: Literal["auto", "torch", "onnx"] = "auto"
     bench_rows: list[int] = Field(default_factory=lambda: [10_000], min_length=1)  # bench-predict: rows per run
+    # flows/batch_label.py: shards of a catalogue on a Dask cluster (prefect-dask)
+    shard_rows: int = Field(default=5000, ge=1)  # rows per shard task (thousands: never one task per image)
+    dask_workers: int = Field(default=2, ge=1)  # worker processes of the local cluster
+    dask_scheduler: str | None = None  # an existing scheduler's address (tcp://host:8786); null: a local cluster
 
 
 class ReportParams(_Strict):

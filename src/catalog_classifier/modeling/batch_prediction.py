@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import itertools
 import math
 import os
 import time
@@ -62,8 +63,9 @@ class InputRow:
 class BatchInput:
     """The rows of one CSV, or of image files and folders, read lazily and as often as asked (never held)."""
 
-    def __init__(self, sources: Sequence[str | Path]) -> None:
+    def __init__(self, sources: Sequence[str | Path], row_range: tuple[int, int | None] | None = None) -> None:
         self.sources = [Path(source) for source in sources]
+        self.row_range = row_range  # [start, stop) of the input's rows (a shard), None: all of them
         csvs = [source for source in self.sources if source.suffix.lower() == ".csv"]
         self.csv: Path | None = None
         if csvs:
@@ -76,19 +78,41 @@ class BatchInput:
         else:
             self.has_labels = False
         if next(iter(self.rows()), None) is None:
-            raise InputError(f"no image found in {', '.join(map(str, self.sources))}")
+            where = "" if row_range is None else f" rows {row_range[0]}:{'' if row_range[1] is None else row_range[1]}"
+            raise InputError(f"no image found in {', '.join(map(str, self.sources))}{where}")
 
     def rows(self) -> Iterator[InputRow]:
-        return _csv_rows(self.csv) if self.csv is not None else _file_rows(self.sources)
+        rows = _csv_rows(self.csv) if self.csv is not None else _file_rows(self.sources)
+        if self.row_range is None:
+            return rows
+        return itertools.islice(rows, *self.row_range)
+
+    def count(self) -> int:
+        """How many rows (one lazy pass)."""
+        return sum(1 for _ in self.rows())
 
     def identity(self) -> list[str]:
         """What the input is, for telling a resumable partial output from another run's."""
-        return [str(source.resolve()) for source in self.sources]
+        identity = [str(source.resolve()) for source in self.sources]
+        return identity if self.row_range is None else [*identity, f"rows {self.row_range[0]}:{self.row_range[1]}"]
 
 
-def read_inputs(sources: Sequence[str | Path]) -> BatchInput:
-    """One CSV file, or image files and folders (searched recursively); nothing found is an error."""
-    return BatchInput(sources)
+def read_inputs(sources: Sequence[str | Path], row_range: tuple[int, int | None] | None = None) -> BatchInput:
+    """One CSV file, or image files and folders (searched recursively), optionally only the rows [start, stop);
+    nothing found is an error."""
+    return BatchInput(sources, row_range)
+
+
+def parse_row_range(text: str) -> tuple[int, int | None]:
+    """``START:STOP`` (STOP may be empty: to the end), 0-based, STOP excluded, as Python slices count."""
+    start, sep, stop = text.partition(":")
+    try:
+        bounds = (int(start or 0), int(stop) if stop else None)
+    except ValueError:
+        bounds = (-1, None)
+    if not sep or bounds[0] < 0 or (bounds[1] is not None and bounds[1] <= bounds[0]):
+        raise InputError(f"--rows {text!r}: expected START:STOP with 0 <= START < STOP, e.g. 0:5000")
+    return bounds
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -497,3 +521,31 @@ def describe_summary(summary: dict[str, Any]) -> str:
                  f"({summary['n_auto_labelled_correct']}/{summary['n_auto_labelled_with_label']} right"
                  f"{'' if target is None else f', target {target:.1%}'})")
     return line
+
+
+# --- shards of a catalogue (the batch-label flow) -----------------------------------------------------------------
+
+def plan_shards(n_rows: int, shard_rows: int) -> list[tuple[int, int]]:
+    """[start, stop) row ranges of at most ``shard_rows`` rows covering ``n_rows`` in order."""
+    if shard_rows < 1:
+        raise InputError(f"shard_rows must be at least 1, got {shard_rows}")
+    return [(start, min(start + shard_rows, n_rows)) for start in range(0, n_rows, shard_rows)]
+
+
+def merge_outputs(parts: Sequence[Path], target: Path) -> int:
+    """Concatenate shard predictions files (each with its header) into ``target`` in the given order, atomically;
+    returns the number of rows. Streams line by line: no shard is held in memory."""
+    from catalog_classifier.ops.io import atomic_open
+
+    rows = 0
+    header = ",".join(OUTPUT_COLUMNS) + "\n"
+    with atomic_open(target) as merged:
+        merged.write(header)
+        for part in parts:
+            with part.open(encoding="utf-8", newline="") as handle:
+                if handle.readline() != header:
+                    raise InputError(f"{part} is not a predictions file (unexpected header)")
+                for line in handle:
+                    merged.write(line)
+                    rows += 1
+    return rows

@@ -27,19 +27,20 @@ def model_uri(project: Project, version: str | None = None, uri: str | None = No
 
 
 def run_predict(project: Project, sources: Sequence[str], uri: str, output: Path | None,
-                resume: bool = True) -> dict[str, Any]:
+                resume: bool = True, rows: str | None = None) -> dict[str, Any]:
     """Predictions (image, label, calibrated confidence, top-3, needs_review, error) streamed to ``output`` or
     stdout; with ``output``, resumable, and the review queue and the summary beside it. ``sources``: one CSV, or
     files and folders. Returns the summary."""
     from mlflow.exceptions import MlflowException
 
-    from catalog_classifier.modeling.batch_prediction import read_inputs
+    from catalog_classifier.modeling.batch_prediction import parse_row_range, read_inputs
     from catalog_classifier.modeling.inference_runtime import ONNX, choose_runtime
     from catalog_classifier.modeling.onnx_runtime import with_onnx
     from catalog_classifier.registry.model_access import classify_load_error, load_model_or_classify
     from catalog_classifier.registry.tracking import resolve_tracking_uri
 
-    batch = read_inputs(sources)  # before loading the model: a bad input fails at once
+    # Before loading the model: a bad input fails at once.
+    batch = read_inputs(sources, parse_row_range(rows) if rows else None)
     tracking_uri = resolve_tracking_uri(project.params.mlflow, project.root)
     try:
         setup_mlflow(project.params.mlflow, project.root)
