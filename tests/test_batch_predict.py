@@ -309,3 +309,24 @@ def test_the_runtime_choice_is_the_faster_one_for_the_purpose(tmp_path: Path) ->
     assert choose_runtime("auto", record, "single") == "onnx"
     assert choose_runtime("auto", tmp_path / "absent.json", "single") == "torch"
     assert choose_runtime("torch", record, "single") == "torch"  # asked for by name: no measurement overrides it
+
+
+def test_shards_cover_the_rows_in_order_and_merge_back_in_order(tmp_path: Path) -> None:
+    from catalog_classifier.modeling.batch_prediction import merge_outputs, parse_row_range, plan_shards
+    from catalog_classifier.ops.exits import InputError
+
+    assert plan_shards(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert parse_row_range("4:8") == (4, 8) and parse_row_range("8:") == (8, None)
+    for bad in ("8:4", "x:2", "5", "-1:3"):
+        with pytest.raises(InputError, match="expected START:STOP"):
+            parse_row_range(bad)
+    header = "image,label,confidence,top3,needs_review,error\n"
+    parts = [tmp_path / "0.csv", tmp_path / "1.csv"]
+    parts[0].write_text(header + "a.png,x,0.9,x:0.9,False,\nb.png,,,,True,missing file\n")
+    parts[1].write_text(header + "c.png,y,0.5,y:0.5,True,\n")
+    assert merge_outputs(parts, tmp_path / "all.csv") == 3
+    assert (tmp_path / "all.csv").read_text() == header + ("a.png,x,0.9,x:0.9,False,\nb.png,,,,True,missing file\n"
+                                                           "c.png,y,0.5,y:0.5,True,\n")
+    rows = [row.name for row in read_inputs([tmp_path / "rows.csv"], (1, 3)).rows()] if (
+        (tmp_path / "rows.csv").write_text("image\np.png\nq.png\nr.png\ns.png\n")) else []
+    assert rows == ["q.png", "r.png"]
