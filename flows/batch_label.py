@@ -33,6 +33,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from catalog_classifier.ops.exits import EXIT_TRANSIENT
+from catalog_classifier.stages.batch_label import merge_shards, shard_file, shard_ranges
 
 PR_SET_PDEATHSIG = 1
 
@@ -54,10 +55,6 @@ class ShardUnavailable(ShardFailed):
 
 def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     return isinstance(state.result(raise_on_failure=False), ShardUnavailable)
-
-
-def shard_file(output: Path, index: int) -> Path:
-    return output.with_name(output.name + ".shards") / f"{index:05d}.csv"
 
 
 @task(name="label-shard", task_run_name="shard-{index}", cache_policy=NO_CACHE, retries=2,
@@ -98,7 +95,6 @@ def batch_label(params_file: str, catalogue: str, output: str, model_uri: str | 
                 shard_rows: int = 5000) -> dict[str, Any]:
     """Shards of the catalogue labelled on the task runner's workers, merged into ``output`` in input order."""
     from catalog_classifier.config.layout import Project
-    from catalog_classifier.modeling.batch_prediction import merge_outputs, plan_shards, read_inputs
     from catalog_classifier.registry.tracking import setup_mlflow
 
     logger = get_run_logger()
@@ -106,14 +102,14 @@ def batch_label(params_file: str, catalogue: str, output: str, model_uri: str | 
     project = Project.load(params_file)
     # Once, before the shards start together: a new sqlite store created by several processes at once is locked.
     setup_mlflow(project.params.mlflow, project.root)
-    shards = plan_shards(read_inputs([catalogue]).count(), shard_rows)
+    shards = shard_ranges(Path(catalogue), shard_rows)
     logger.info("%d shards of up to %d rows", len(shards), shard_rows)
     started = time.perf_counter()
     futures = [label_shard.submit(params_file, catalogue, model_uri, index, start, stop,
                                   str(shard_file(target, index)))
                for index, (start, stop) in enumerate(shards)]
     results = [future.result() for future in futures]
-    rows = merge_outputs([shard_file(target, index) for index in range(len(shards))], target)
+    rows = merge_shards(target, len(shards))
     seconds = time.perf_counter() - started
     labelled = sum(result["rows"] for result in results if not result["skipped"])
     logger.info("merged %d rows into %s (%d labelled now, %.1f images/s)", rows, target, labelled,

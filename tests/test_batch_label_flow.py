@@ -52,7 +52,8 @@ def _kill_the_worker_labelling_a_shard(shards: Path, killed: list[int], stop: th
 
 @pytest.mark.slow
 def test_a_killed_worker_loses_no_row_and_duplicates_none(harness: None, tmp_path: Path) -> None:
-    from flows.batch_label import run_batch_label, shard_file
+    from catalog_classifier.stages.batch_label import shard_file
+    from flows.batch_label import run_batch_label
 
     rng = np.random.default_rng(1)
     (tmp_path / "img").mkdir()
