@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
 .PHONY: help install data browser postgres run report test lint ui tune serve bench pipeline-flow prefect-server \
-	retrain-schedule stack stack-down stack-status deploy bench-stack bench-tune clean-venv
+	retrain-schedule stack stack-down stack-status deploy bench-stack bench-tune bench-predict clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  make %-18s %s\n", $$1, $$2}'
@@ -58,6 +58,10 @@ test: data browser postgres ## run the test suite (tiny configurations, one pyte
 bench: data ## speed: training/inference vs a naive loop and the matmul peak (BENCH_ARGS=--quick for a smoke run)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro split
 	$(BIN)/catalog-classifier bench $(BENCH_ARGS)
+
+bench-predict: data ## prediction runtimes (torch vs ONNX Runtime), ONNX parity, batch predict images/s + peak RSS
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro split
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/catalog-classifier bench-predict $(BENCH_ARGS)
 
 bench-tune: data postgres ## tuning trials/hour with 1..N workers, Optuna storage cost per trial: sqlite vs PostgreSQL
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro split

@@ -108,7 +108,7 @@ def stub_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace
     csv = tmp_path / "todo.csv"
     pd.DataFrame(STUB_ROWS, columns=["image", "label"]).to_csv(csv, index=False)
     return SimpleNamespace(classifier=classifier, csv=csv, output=tmp_path / "out" / "predictions.csv",
-                           args=["--params", str(REPO / "params.yaml")])
+                           args=["--params", str(REPO / "params.yaml"), "--set", "batch_predict.runtime=torch"])
 
 
 def test_a_csv_with_unreadable_rows_gets_their_reasons_and_the_rest_predicted(
@@ -124,8 +124,9 @@ def test_a_csv_with_unreadable_rows_gets_their_reasons_and_the_rest_predicted(
     assert list(frame["needs_review"]) == [False, True, True, True, True, False, True]
     assert frame.loc[frame["error"] != "", "confidence"].tolist() == ["", ""]
     assert readable["top3"].iloc[0] == "Baby Care:0.700000;Watches:0.200000;Computers:0.100000"
-    # Five readable images in batches of two (the classifier's batch_size), never one by one.
-    assert stub_run.classifier.model.batch_sizes == [1, 1, 2, 1]
+    # Five readable images in full batches of two (the classifier's batch_size): the missing and the corrupt rows
+    # between them take no place in a batch.
+    assert stub_run.classifier.model.batch_sizes == [2, 2, 1]
     assert "auto-labelled 2/7" in capsys.readouterr().out
 
 

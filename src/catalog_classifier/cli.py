@@ -215,9 +215,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if bool(args.paths) == bool(args.input):
         raise InputError("give what to predict either as --input DIR_OR_CSV or as PATH arguments (one of them)")
+    if args.input and not Path(args.input).exists():  # PATH arguments may name missing files: they get a row each
+        raise InputError(f"no such file or folder: {args.input}")
     project = _project(args)
     run_predict(project, [args.input] if args.input else args.paths, model_uri(project, args.version, args.model),
-                Path(args.output) if args.output else None)
+                Path(args.output) if args.output else None, resume=args.resume, rows=args.rows)
+    return 0
+
+
+def cmd_bench_predict(args: argparse.Namespace) -> int:
+    from catalog_classifier.config.layout import Project
+    from catalog_classifier.stages.bench_predict import QUICK_OVERRIDES, run_bench_predict
+
+    overrides = {**(QUICK_OVERRIDES if args.quick else {}), **dict(item.split("=", 1) for item in args.set or [])}
+    run_bench_predict(Project.load(args.params, overrides), quick=args.quick)
     return 0
 
 
@@ -346,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--model", dest="model", help=argparse.SUPPRESS)
     predict.add_argument("-o", "--output", help="predictions CSV to write, with <stem>_review.csv and "
                          "<stem>_summary.json beside it (default: predictions to standard output only)")
+    predict.add_argument("--rows", metavar="START:STOP",
+                         help="only the input rows [START, STOP) (0-based; one shard of a catalogue, see the "
+                              "batch-label flow)")
+    predict.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                         help="continue the partial output of an interrupted run of the same inputs and model "
+                              "(<output>.partial), skipping the rows it holds (default: on); --no-resume starts over")
     serve = add("serve", cmd_serve, "serve the champion over HTTP with mlflow models serve (offline)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     serve.add_argument("--port", type=int, default=5001, help="port (default: %(default)s)")
@@ -376,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("bench", cmd_bench, "speed: training and inference against a naive loop and the machine's peak "
         "(JSON in bench.out_dir, MLflow run 'bench')").add_argument(
         "--quick", action="store_true", help="a few images and steps, no compile: a smoke run, not a measurement")
+    add("bench-predict", cmd_bench_predict, "prediction runtimes (PyTorch eager fp32/bf16, frozen, ONNX Runtime) "
+        "with ONNX parity, the runtime choice, and streaming batch predict end to end with peak RSS "
+        "(JSON in bench.out_dir/predict.json)").add_argument(
+        "--quick", action="store_true", help="few repeats and 200 rows: a smoke run, not a measurement")
     add("stack", cmd_stack, "the team stack on this machine (PostgreSQL, MLflow and Prefect servers, a work pool "
         "and a worker): start, stop, status, client environment, register prefect.yaml's deployments").add_argument(
         "action", choices=["up", "down", "status", "env", "deploy"],

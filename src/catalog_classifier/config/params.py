@@ -543,6 +543,22 @@ class RegistryParams(_Strict):
         return name
 
 
+class BatchPredictParams(_Strict):
+    """``catalog-classifier predict --input``: how the streaming batch prediction decodes ahead of the model (the
+    batch size and threads are the model's own, stored with it)."""
+
+    decode_workers: int = Field(default=2, ge=1, le=64)  # threads decoding and resizing images
+    prefetch_batches: int = Field(default=2, ge=1, le=16)  # batches decoded ahead of the forward pass (memory bound)
+    # The forward pass: torch, onnx (ONNX Runtime on the exported graph), or auto: the faster one on this machine
+    # as `catalog-classifier bench-predict` measured it (<bench.out_dir>/predict.json), torch until it has run.
+    runtime: Literal["auto", "torch", "onnx"] = "auto"
+    bench_rows: list[int] = Field(default_factory=lambda: [10_000], min_length=1)  # bench-predict: rows per run
+    # flows/batch_label.py: shards of a catalogue on a Dask cluster (prefect-dask)
+    shard_rows: int = Field(default=5000, ge=1)  # rows per shard task (thousands: never one task per image)
+    dask_workers: int = Field(default=2, ge=1)  # worker processes of the local cluster
+    dask_scheduler: str | None = None  # an existing scheduler's address (tcp://host:8786); null: a local cluster
+
+
 class ReportParams(_Strict):
     """``catalog-classifier report``: the self-contained HTML page of the latest run."""
 
@@ -574,6 +590,8 @@ class Params(_Strict):
     bench: BenchParams
 
     report: ReportParams
+
+    batch_predict: BatchPredictParams = Field(default_factory=BatchPredictParams)
 
     @field_validator("models")
     @classmethod
