@@ -122,11 +122,13 @@ def drive(url: str, bodies: Sequence[tuple[bytes, int]], clients: int, max_reque
 
 def table(results: dict[str, list[dict[str, Any]]]) -> str:
     """A markdown table: one row per engine and concurrency level."""
-    lines = ["| server | clients | requests/s | images/s | p50 ms | p95 ms | p99 ms | errors | requests |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| server | clients | requests/s | images/s | p50 ms | p95 ms | p99 ms | errors | requests | "
+             "mean batch | load avg |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for engine, levels in results.items():
         for level in levels:
             lines.append(f"| {engine} | {level['clients']} | {level['requests_per_s']:.1f} | "
                          f"{level['images_per_s']:.1f} | {level['p50_ms']:.0f} | {level['p95_ms']:.0f} | "
-                         f"{level['p99_ms']:.0f} | {level['errors']} | {level['requests']} |")
+                         f"{level['p99_ms']:.0f} | {level['errors']} | {level['requests']} | "
+                         f"{level.get('mean_batch') or '-'} | {level.get('load_avg_1min', '-')} |")
     return "\n".join(lines)

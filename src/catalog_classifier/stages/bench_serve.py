@@ -9,6 +9,7 @@ import os
 import platform
 import socket
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -52,26 +53,63 @@ def server_command(project: Project, engine: str, port: int, settings: list[str]
             str(port), "--params", str(project.root / "params.yaml"), *(f"--set={item}" for item in settings)]
 
 
-def bench_engine(project: Project, engine: str, bodies: list[tuple[bytes, int]], settings: list[str],
-                 work_dir: Path) -> list[dict[str, Any]]:
-    """Start ``engine``, warm it up, run every client level, stop it."""
-    bench = project.params.serve.bench
+def start_server(project: Project, engine: str, settings: list[str], work_dir: Path) -> tuple[Service, int]:
+    """Start ``engine`` on a free loopback port and wait until it answers."""
     port = free_port()
     service = Service(f"bench-serve-{engine}", work_dir / f"{engine}.pid", work_dir / f"{engine}.log")
     service.start(server_command(project, engine, port, settings), os.environ, project.root)
-    url = f"http://{HOST}:{port}/invocations"
     try:
-        service.wait_ready(lambda: http_ok(f"http://{HOST}:{port}/ping"), bench.startup_timeout_s)
-        drive(url, bodies, max(bench.clients), bench.warmup_requests, bench.max_seconds_per_level)
-        levels = []
-        for clients in bench.clients:
-            level = drive(url, bodies, clients, bench.requests_per_level, bench.max_seconds_per_level).summary()
-            print(f"  {engine}: {clients} clients: {level['requests_per_s']:.1f} req/s, p99 {level['p99_ms']:.0f} ms,"
-                  f" {level['errors']} errors", file=sys.stderr, flush=True)
-            levels.append(level)
-        return levels
-    finally:
+        service.wait_ready(lambda: http_ok(f"http://{HOST}:{port}/ping"), project.params.serve.bench.startup_timeout_s)
+    except BaseException:
         service.stop()
+        raise
+    return service, port
+
+
+def bench_engines(project: Project, engines: list[str], bodies: list[tuple[bytes, int]], settings: list[str],
+                  work_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Start every engine, warm each up, then run each client level on one engine after the other: the engines
+    meet the same background load (on a shared machine it drifts from minute to minute)."""
+    bench = project.params.serve.bench
+    servers: dict[str, tuple[Service, int]] = {}
+    try:
+        for engine in engines:
+            servers[engine] = start_server(project, engine, settings, work_dir)
+        for _, port in servers.values():
+            drive(f"http://{HOST}:{port}/invocations", bodies, max(bench.clients), bench.warmup_requests,
+                  bench.max_seconds_per_level)
+        results: dict[str, list[dict[str, Any]]] = {engine: [] for engine in engines}
+        for clients in bench.clients:
+            for engine, (_, port) in servers.items():
+                before = _batch_counters(port)
+                level = drive(f"http://{HOST}:{port}/invocations", bodies, clients, bench.requests_per_level,
+                              bench.max_seconds_per_level).summary()
+                level["mean_batch"] = _mean_batch(before, _batch_counters(port))
+                # Other work on the machine shows here: a 2-core box at load 10 measures the queue, not the server.
+                level["load_avg_1min"] = round(os.getloadavg()[0], 2)
+                print(f"  {engine}: {clients} clients: {level['requests_per_s']:.1f} req/s, p99 "
+                      f"{level['p99_ms']:.0f} ms, {level['errors']} errors", file=sys.stderr, flush=True)
+                results[engine].append(level)
+        return results
+    finally:
+        for service, _ in servers.values():
+            service.stop()
+
+
+def _batch_counters(port: int) -> tuple[int, int] | None:
+    """(forward passes, images in them) so far, from Ray Serve's /ready; None for a server that does not say."""
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}/ready", timeout=10) as answer:
+            ready = json.loads(answer.read())
+        return int(ready["batches"]), int(ready["batched_images"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _mean_batch(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    if before is None or after is None or after[0] == before[0]:
+        return None
+    return round((after[1] - before[1]) / (after[0] - before[0]), 2)
 
 
 def run_bench_serve(project: Project, engines: list[str], settings: list[str]) -> dict[str, Any]:
@@ -89,7 +127,8 @@ def run_bench_serve(project: Project, engines: list[str], settings: list[str]) -
     bodies = [(encode_request([path]), 1) for path in images]
     out_dir = project.path(project.params.bench.out_dir)
     work_dir = out_dir / "serve-logs"
-    results = {ENGINE_LABELS[engine]: bench_engine(project, engine, bodies, settings, work_dir) for engine in engines}
+    measured = bench_engines(project, engines, bodies, settings, work_dir)
+    results = {ENGINE_LABELS[engine]: levels for engine, levels in measured.items()}
     report = {"cpu": cpu_name(), "model": f"{served.name} v{served.version}", "images": len(images),
               "clients": bench.clients,
               "requests_per_level": bench.requests_per_level, "max_seconds_per_level": bench.max_seconds_per_level,
