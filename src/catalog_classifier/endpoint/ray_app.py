@@ -159,4 +159,6 @@ def build_app(spec: dict[str, Any]) -> Any:
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=limits["retry_after_s"]),
         ray_actor_options={"num_cpus": spec["num_cpus"]},
         graceful_shutdown_timeout_s=spec["limits"]["deadline_s"] + 5,
+        # No access-log line per request (a file write in the replica for each one); errors are still logged.
+        logging_config={"enable_access_log": False},
     ).bind(spec)

@@ -63,7 +63,8 @@ def run_ray_serve(project: Project, host: str, port: int) -> None:
              object_store_memory=128 * 1024 * 1024, _temp_dir=tempfile.mkdtemp(prefix="ray-catalog-"))
     try:
         serve.start(http_options={"host": host, "port": port,
-                                  "request_timeout_s": project.params.serve.deadline_s + 5})
+                                  "request_timeout_s": project.params.serve.deadline_s + 5},
+                    logging_config={"enable_access_log": False})
         serve.run(build_app(app_spec(project, served, tracking_uri)), name=APP_NAME, route_prefix="/")
         print(f"serving {name} v{served.version} (champion) on http://{host}:{port}/invocations (Ray Serve, "
               f"batches of up to {project.params.serve.max_batch_size})", file=sys.stderr, flush=True)
