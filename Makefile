@@ -11,7 +11,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
 .PHONY: help install data browser postgres run report test lint ui tune serve bench pipeline-flow prefect-server \
-	retrain-schedule stack stack-down stack-status deploy bench-stack bench-tune bench-predict clean-venv
+	retrain-schedule stack stack-down stack-status deploy bench-stack bench-tune bench-predict bench-serve serve-mlflow \
+	clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  make %-18s %s\n", $$1, $$2}'
@@ -85,8 +86,15 @@ prefect-server: $(STAMP) ## Prefect server + UI on the host/port in params.yaml 
 
 retrain-schedule: $(STAMP) ## serve the scheduled-retraining deployment (cron in params.yaml) on make prefect-server's server
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m flows.retrain serve
-serve: $(STAMP) ## serve the registry's champion on 127.0.0.1:$(SERVE_PORT) (mlflow models serve, offline)
-	$(BIN)/catalog-classifier serve --host 127.0.0.1 --port $(SERVE_PORT)
+serve: $(STAMP) ## serve the registry's champion on 127.0.0.1:$(SERVE_PORT) (Ray Serve, adaptive batching, limits)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/catalog-classifier serve --host 127.0.0.1 --port $(SERVE_PORT)
+
+serve-mlflow: $(STAMP) ## the reference server: mlflow models serve of the champion on 127.0.0.1:$(SERVE_PORT)
+	$(BIN)/catalog-classifier serve --engine mlflow --host 127.0.0.1 --port $(SERVE_PORT)
+
+bench-serve: data ## load test: Ray Serve vs mlflow models serve, 1/8/32 clients, real champion and test images
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro split
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/catalog-classifier bench-serve $(BENCH_ARGS)
 
 # The team stack (params.yaml stack:, docs/scaling-out.md). Ports: params, or STACK_PG_PORT / STACK_MLFLOW_PORT /
 # STACK_PREFECT_PORT on the command line or in the environment; a started stack keeps them until make stack-down.

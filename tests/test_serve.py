@@ -43,7 +43,8 @@ def test_the_served_champion_classifies_a_posted_image(tiny_pipeline: Path, tmp_
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
     environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
-    command = [sys.executable, "-m", "catalog_classifier", "serve", "--port", str(port), *cli_args(project, NAME)]
+    command = [sys.executable, "-m", "catalog_classifier", "serve", "--engine", "mlflow", "--port", str(port),
+               *cli_args(project, NAME)]
     with log.open("w") as log_handle:
         server = subprocess.Popen(command, cwd=project, env=environment, stdout=log_handle,
                                   stderr=subprocess.STDOUT, start_new_session=True)

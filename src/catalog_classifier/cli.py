@@ -233,9 +233,15 @@ def cmd_bench_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    project = _project(args)
+    if (args.engine or project.params.serve.engine) == "ray":
+        from catalog_classifier.stages.serve_engine import run_ray_serve
+
+        run_ray_serve(project, args.host, args.port)
+        return 0
     from catalog_classifier.stages.serve import run_serve
 
-    run_serve(_project(args), args.host, args.port)
+    run_serve(project, args.host, args.port)
     return 0
 
 
@@ -266,6 +272,13 @@ def cmd_bench_stack(args: argparse.Namespace) -> int:
     except STACK_ERRORS as err:
         print(f"catalog-classifier bench-stack: error: {str(err).rstrip()}", file=sys.stderr)
         return EXIT_USAGE
+    return 0
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from catalog_classifier.stages.bench_serve import run_bench_serve
+
+    run_bench_serve(_project(args), args.engine or ["ray", "mlflow"], args.set or [])
     return 0
 
 
@@ -363,9 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                          help="continue the partial output of an interrupted run of the same inputs and model "
                               "(<output>.partial), skipping the rows it holds (default: on); --no-resume starts over")
-    serve = add("serve", cmd_serve, "serve the champion over HTTP with mlflow models serve (offline)")
+    serve = add("serve", cmd_serve, "serve the champion over HTTP: Ray Serve with adaptive batching, or the "
+                "reference mlflow models serve (offline)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     serve.add_argument("--port", type=int, default=5001, help="port (default: %(default)s)")
+    serve.add_argument("--engine", choices=["ray", "mlflow"], help="default: serve.engine in params.yaml")
     tune = add("tune", cmd_tune, "Optuna search per model family on train/val (resumable), tracked in MLflow")
     tune.add_argument("--family", action="append",
                       help="family of tune.families (repeatable; default: every family)")
@@ -404,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
              "lines for a shell (eval \"$(catalog-classifier stack env)\"); deploy: prefect deploy --all")
     add("bench-stack", cmd_bench_stack, "MLflow log_batch latency on the running stack (server on PostgreSQL) against "
         "a local sqlite store (JSON in bench.out_dir)")
+    bench_serve = add("bench-serve", cmd_bench_serve, "load test of the served champion: Ray Serve against mlflow "
+                      "models serve with 1/8/32 clients (serve.bench; JSON and table in bench.out_dir)")
+    bench_serve.add_argument("--engine", action="append", choices=["ray", "mlflow"],
+                             help="measure only this engine (repeatable; default: both)")
     check = add("check-data", cmd_check_data, "print the data-quality report for any data folder")
     check.add_argument("path", help="data folder holding the catalogue CSV and the images folder")
     check.add_argument("--catalogue",

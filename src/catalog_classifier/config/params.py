@@ -557,6 +557,32 @@ class BatchPredictParams(_Strict):
     shard_rows: int = Field(default=5000, ge=1)  # rows per shard task (thousands: never one task per image)
     dask_workers: int = Field(default=2, ge=1)  # worker processes of the local cluster
     dask_scheduler: str | None = None  # an existing scheduler's address (tcp://host:8786); null: a local cluster
+class ServeBenchParams(_Strict):
+    """``make bench-serve``: the load test of the served champion (engine and reference side by side)."""
+
+    clients: list[int] = Field(min_length=1)  # concurrent clients per level, each sending one image per request
+    requests_per_level: int = Field(gt=0)     # answered requests that end a level ...
+    max_seconds_per_level: float = Field(gt=0)  # ... or this much time, whichever comes first
+    warmup_requests: int = Field(ge=0)       # untimed requests first (model warm-up, first batches)
+    n_images: int = Field(gt=0)              # distinct real test images the clients cycle through
+    startup_timeout_s: float = Field(gt=0)   # per server
+
+
+class ServeParams(_Strict):
+    """The HTTP endpoint of the champion (``make serve``): batching and the limits every request meets."""
+
+    engine: Literal["ray", "mlflow"]         # ray: Ray Serve with adaptive batching; mlflow: mlflow models serve
+    max_batch_size: int = Field(gt=0)        # images in one forward pass, gathered across concurrent requests
+    batch_wait_ms: float = Field(ge=0)       # how long the first queued image waits for others to join its batch
+    max_body_bytes: int = Field(gt=0)        # larger bodies: 413, refused from Content-Length or while streaming
+    max_rows: int = Field(gt=0)              # images per request; more: 413
+    max_pixels: int = Field(gt=0)            # width x height declared by an image's header; more: that row's error
+    deadline_s: float = Field(gt=0)          # a request still unanswered then: 504, its images leave the queue
+    max_in_flight: int = Field(gt=0)         # requests inside the server at once; more: 503 + Retry-After
+    retry_after_s: int = Field(ge=1)
+    reload_poll_s: float = Field(gt=0)       # how often the server reads the champion alias (a move redeploys)
+    torch_threads: int | None = Field(default=None, gt=0)  # the replica's intra-op threads; null: the model's own
+    bench: ServeBenchParams
 
 
 class ReportParams(_Strict):
@@ -586,6 +612,8 @@ class Params(_Strict):
     stack: StackParams
 
     registry: RegistryParams
+
+    serve: ServeParams
 
     bench: BenchParams
 

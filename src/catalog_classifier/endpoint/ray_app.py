@@ -1,0 +1,164 @@
+"""The champion on Ray Serve: a FastAPI ingress that applies the request limits, and ``@serve.batch`` that
+gathers the images of concurrent requests into one forward pass (``serve.max_batch_size`` images, waiting at most
+``serve.batch_wait_ms`` for a batch to fill).
+
+Routes: ``POST /invocations`` (mlflow models serve's request and answer, plus ``model_version``; the header
+``X-Model-Version`` says which registered version answered), ``GET /ping`` and ``/health`` (alive, which version),
+``GET /ready`` (200 once the model is loaded and answering). A champion move redeploys the application with the
+new version: Ray Serve starts the new replica and drains the old one, so requests in flight finish where they
+started.
+
+No ``from __future__ import annotations`` here: FastAPI must see ``Request`` itself in the signatures of the
+methods Ray Serve wraps, or it takes ``request`` for a query parameter (422).
+"""
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from catalog_classifier.data.images import ImageLoadError
+from catalog_classifier.endpoint.batching import BatchModel, QueuedImage, error_row
+from catalog_classifier.endpoint.payload import (
+    Limits,
+    Refused,
+    add_chunk,
+    check_declared_length,
+    decode_image,
+    read_cells,
+)
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "catalog-classifier"
+DEPLOYMENT_NAME = "CatalogClassifier"
+VERSION_HEADER = "X-Model-Version"
+
+app = FastAPI(title="catalog-classifier champion", docs_url=None, redoc_url=None)
+
+
+def _refusal(refused: Refused, version: str, retry_after_s: int | None = None) -> JSONResponse:
+    headers = {VERSION_HEADER: version}
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(retry_after_s)
+    return JSONResponse({"error": refused.message, "model_version": version}, status_code=refused.status,
+                        headers=headers)
+
+
+@serve.deployment(name=DEPLOYMENT_NAME, num_replicas=1)
+@serve.ingress(app)
+class ClassifierDeployment:
+    """One replica: the model of one registered version, loaded once, answering until it is replaced."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        import mlflow
+
+        from catalog_classifier.registry.served import load_served_model
+
+        mlflow.set_tracking_uri(spec["tracking_uri"])
+        mlflow.set_registry_uri(spec["tracking_uri"])
+        self.version = str(spec["version"])
+        self.limits = Limits(**spec["limits"])
+        self.model = BatchModel(load_served_model(spec["model_uri"]).classifier)
+        if spec["torch_threads"]:
+            import torch
+
+            torch.set_num_threads(int(spec["torch_threads"]))
+        self._forward.set_max_batch_size(int(spec["max_batch_size"]))
+        self._forward.set_batch_wait_timeout_s(float(spec["batch_wait_ms"]) / 1000)
+        self.in_flight = 0
+        self.batches = 0  # forward passes run, and the images they held: the mean batch size shows batching works
+        self.batched_images = 0
+
+    @app.get("/ping")
+    @app.get("/health")
+    async def health(self) -> JSONResponse:
+        return JSONResponse({"status": "ok", "model_version": self.version}, headers={VERSION_HEADER: self.version})
+
+    @app.get("/ready")
+    async def ready(self) -> JSONResponse:
+        # The constructor loaded the model; a replica only receives traffic once it has returned.
+        return JSONResponse({"ready": True, "model_version": self.version, "limits": asdict(self.limits),
+                             "batches": self.batches, "batched_images": self.batched_images},
+                            headers={VERSION_HEADER: self.version})
+
+    @app.post("/invocations")
+    async def invocations(self, request: Request) -> JSONResponse:
+        if self.in_flight >= self.limits.max_in_flight:
+            refused = Refused(503, f"overloaded: {self.in_flight} requests in flight reach serve.max_in_flight "
+                                   f"{self.limits.max_in_flight}; retry after {self.limits.retry_after_s} s")
+            return _refusal(refused, self.version, self.limits.retry_after_s)
+        self.in_flight += 1
+        deadline = time.monotonic() + self.limits.deadline_s
+        try:
+            rows = await asyncio.wait_for(self._answer(request, deadline), timeout=self.limits.deadline_s)
+        except Refused as refused:
+            return _refusal(refused, self.version)
+        except TimeoutError:
+            refused = Refused(504, f"no answer within serve.deadline_s {self.limits.deadline_s} s; its images "
+                                   "were dropped from the queue")
+            return _refusal(refused, self.version)
+        finally:
+            self.in_flight -= 1
+        return JSONResponse({"predictions": rows, "model_version": self.version},
+                            headers={VERSION_HEADER: self.version})
+
+    async def _answer(self, request: Request, deadline: float) -> list[dict[str, Any]]:
+        check_declared_length(request.headers.get("content-length"), self.limits)
+        body = bytearray()
+        async for chunk in request.stream():
+            add_chunk(body, chunk, self.limits)
+        cells = read_cells(bytes(body), self.limits)
+        del body
+        prepared = await asyncio.to_thread(self._prepare, cells, deadline)
+        rows: list[Any] = list(prepared)
+        waiting = [index for index, item in enumerate(prepared) if isinstance(item, QueuedImage)]
+        answers = await asyncio.gather(*(self._forward(prepared[index]) for index in waiting))
+        for index, answer in zip(waiting, answers, strict=True):
+            rows[index] = answer if answer is not None else error_row("deadline passed before the forward pass")
+        return rows
+
+    def _prepare(self, cells: list[Any], deadline: float) -> list[QueuedImage | dict[str, Any]]:
+        """Decode and resize each image (in a worker thread): a queued image, or the row saying why not."""
+        prepared: list[QueuedImage | dict[str, Any]] = []
+        for cell in cells:
+            if time.monotonic() >= deadline:
+                prepared.append(error_row("deadline passed before decoding"))
+                continue
+            try:
+                pixels = self.model.preprocess(decode_image(cell, self.limits.max_pixels))
+            except ImageLoadError as err:
+                prepared.append(error_row(str(err)))
+                continue
+            prepared.append(QueuedImage(pixels, deadline))
+        return prepared
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _forward(self, items: list[QueuedImage]) -> list[dict[str, Any] | None]:
+        # In a thread: the event loop keeps receiving requests (which form the next batch) while this one runs.
+        rows = await asyncio.to_thread(self.model.forward, items)
+        self.batches += 1
+        self.batched_images += sum(row is not None for row in rows)
+        return rows
+
+
+def build_app(spec: dict[str, Any]) -> Any:
+    """The application for one served version; ``spec`` holds plain values only (it crosses into Ray actors)."""
+    limits = spec["limits"]
+    from ray.serve.config import BackpressureConfig
+
+    # The replica sheds its own excess (503 naming the limit); Ray's router queue is the backstop behind it.
+    return ClassifierDeployment.options(
+        max_ongoing_requests=limits["max_in_flight"] + 8,
+        max_queued_requests=limits["max_in_flight"],
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=limits["retry_after_s"]),
+        ray_actor_options={"num_cpus": spec["num_cpus"]},
+        graceful_shutdown_timeout_s=spec["limits"]["deadline_s"] + 5,
+        # No access-log line per request (a file write in the replica for each one); errors are still logged.
+        logging_config={"enable_access_log": False},
+    ).bind(spec)

@@ -1,0 +1,101 @@
+"""``catalog-classifier serve --engine ray``: the champion on Ray Serve with adaptive batching, following the
+champion alias (a promotion or rollback redeploys the new version while the old one drains)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from typing import Any
+
+from catalog_classifier.config.layout import Project
+from catalog_classifier.endpoint.champion import NoChampion, ServedVersion, resolve_champion
+from catalog_classifier.endpoint.payload import Limits
+from catalog_classifier.ops.runtime import available_cores
+from catalog_classifier.registry.tracking import setup_mlflow
+
+log = logging.getLogger(__name__)
+
+
+def serve_limits(project: Project) -> Limits:
+    settings = project.params.serve
+    return Limits(max_body_bytes=settings.max_body_bytes, max_rows=settings.max_rows,
+                  max_pixels=settings.max_pixels, deadline_s=settings.deadline_s,
+                  max_in_flight=settings.max_in_flight, retry_after_s=settings.retry_after_s)
+
+
+def app_spec(project: Project, served: ServedVersion, tracking_uri: str) -> dict[str, Any]:
+    """Plain values for the replica (they cross into a Ray actor)."""
+    return {"model_uri": served.uri, "version": served.version, "tracking_uri": tracking_uri,
+            "limits": asdict(serve_limits(project)), "max_batch_size": project.params.serve.max_batch_size,
+            "batch_wait_ms": project.params.serve.batch_wait_ms, "num_cpus": available_cores(),
+            "torch_threads": project.params.serve.torch_threads}
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_ray_serve(project: Project, host: str, port: int) -> None:
+    """Serve until interrupted; poll the alias every ``serve.reload_poll_s`` and redeploy when it moves."""
+    import mlflow
+
+    setup_mlflow(project.params.mlflow, project.root)
+    tracking_uri = mlflow.get_tracking_uri()
+    client = mlflow.MlflowClient()
+    name = project.params.registry.model_name
+    served = resolve_champion(client, name)  # before Ray starts: no champion is a one-line error
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+
+    from catalog_classifier.endpoint.ray_app import APP_NAME, build_app
+
+    signal.signal(signal.SIGTERM, _stop)
+    cores = available_cores()
+    # A cluster of its own (never one found on the machine), no dashboard: two cores have none to spare.
+    ray.init(address="local", num_cpus=cores, include_dashboard=False, configure_logging=False,
+             object_store_memory=128 * 1024 * 1024, _temp_dir=tempfile.mkdtemp(prefix="ray-catalog-"))
+    try:
+        serve.start(http_options={"host": host, "port": port,
+                                  "request_timeout_s": project.params.serve.deadline_s + 5},
+                    logging_config={"enable_access_log": False})
+        serve.run(build_app(app_spec(project, served, tracking_uri)), name=APP_NAME, route_prefix="/")
+        print(f"serving {name} v{served.version} (champion) on http://{host}:{port}/invocations (Ray Serve, "
+              f"batches of up to {project.params.serve.max_batch_size})", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(project.params.serve.reload_poll_s)
+            served = _follow_champion(project, client, served, tracking_uri)
+    except KeyboardInterrupt:
+        log.info("stopping the server")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _follow_champion(project: Project, client: Any, served: ServedVersion, tracking_uri: str) -> ServedVersion:
+    """Redeploy when the alias names another version; a registry that cannot be read keeps the current one."""
+    from ray import serve
+
+    from catalog_classifier.endpoint.ray_app import APP_NAME, build_app
+
+    try:
+        current = resolve_champion(client, served.name)
+    except NoChampion:
+        log.warning("%s has no champion now: still serving v%s", served.name, served.version)
+        return served
+    except Exception as err:  # a registry that does not answer must not stop a serving endpoint
+        log.warning("cannot read the champion alias (%s): still serving v%s", err, served.version)
+        return served
+    if current == served:
+        return served
+    started = time.monotonic()
+    serve.run(build_app(app_spec(project, current, tracking_uri)), name=APP_NAME, route_prefix="/")
+    print(f"champion moved: v{served.version} -> v{current.version}, serving v{current.version} after "
+          f"{time.monotonic() - started:.1f}s", file=sys.stderr, flush=True)
+    return current
