@@ -38,9 +38,10 @@ from prefect.cache_policies import NO_CACHE
 
 from catalog_classifier.config.params import PARAMS_FILE, OrchestrationParams, ParamsError, load_params
 from catalog_classifier.ops import dvc_ops
+from catalog_classifier.ops.exits import EXIT_TRANSIENT
 from catalog_classifier.ops.stage_inputs import RetrainPlan
 from catalog_classifier.registry.retraining import plan_against_registry
-from catalog_classifier.registry.tracking import data_version
+from catalog_classifier.registry.tracking import TrackingUnavailable, data_version
 from catalog_classifier.reporting.run_summary import PROMOTE_STAGE
 from flows.pipeline import pipeline, prefect_api, project_root
 
@@ -268,7 +269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.action == "serve":
         serve(root, orchestration)
     elif args.dry_run:
-        print(dry_run(root))
+        try:
+            print(dry_run(root))
+        except TrackingUnavailable as err:
+            print(f"flows.retrain: error: {err}", file=sys.stderr)
+            return EXIT_TRANSIENT
     else:
         with prefect_api(orchestration):
             state = retrain(project_dir=str(root), force=args.force, return_state=True)

@@ -179,6 +179,7 @@ def test_dry_run_reads_the_record_of_the_projects_registry_and_writes_nothing(pr
     params = load_params(project / "params.yaml")
     plan, record = plan_against_registry(project, params.mlflow, params.registry.model_name)
     assert record is None and plan.baseline.startswith("no retraining recorded in registry sqlite:///")
+    assert not (project / "mlruns" / "mlflow.db").exists()  # a store that does not exist is not created
     written = record_retraining(project, params.mlflow, params.registry.model_name, "test")
     assert written.data_version == (project / "data.dvc").read_text().split("md5: ")[1].split()[0]
     plan, record = plan_against_registry(project, params.mlflow, params.registry.model_name)

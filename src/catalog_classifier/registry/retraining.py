@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 RECORD_TAG = "retraining_record"
+SQLITE = "sqlite:///"
 PART_CHARS = 4500
 
 
@@ -144,8 +145,10 @@ def plan_against_registry(root: Path, mlflow_params: MlflowParams, model_name: s
     import mlflow
 
     use_registry(mlflow_params, root)
-
-    record = read_record(mlflow.MlflowClient(), model_name)
+    registry = mlflow.get_registry_uri()
+    # A local store that does not exist yet holds no record; opening it would create it.
+    blank = registry.startswith(SQLITE) and not Path(registry[len(SQLITE):]).is_file()
+    record = None if blank else read_record(mlflow.MlflowClient(), model_name)
     stages = read_pipeline(root)
     where = f"registry {registry_location()}, model {model_name}"
     if record is None:
