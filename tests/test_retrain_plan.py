@@ -8,13 +8,11 @@ that depend on it; the record goes through a real sqlite MLflow registry.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import REPO, make_tiny_project, run
+from conftest import make_tiny_project, run
 
 from catalog_classifier.config.overrides import write_overrides
 from catalog_classifier.config.params import load_params
@@ -175,7 +173,10 @@ def test_the_record_round_trips_through_the_registry_in_parts(project: Path, tmp
         RECORD_TAG, f"{RECORD_TAG}.0"]  # the longer record's other parts are gone
 
 
-def test_dry_run_reads_the_record_of_the_projects_registry_and_writes_nothing(project: Path) -> None:
+def test_dry_run_reads_the_record_of_the_projects_registry_and_writes_nothing(
+        project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.retrain import main
+
     params = load_params(project / "params.yaml")
     plan, record = plan_against_registry(project, params.mlflow, params.registry.model_name)
     assert record is None and plan.baseline.startswith("no retraining recorded in registry sqlite:///")
@@ -186,10 +187,9 @@ def test_dry_run_reads_the_record_of_the_projects_registry_and_writes_nothing(pr
     assert record == written and plan.nothing_to_do
     database = project / "mlruns" / "mlflow.db"
     stamp = database.stat().st_mtime_ns
-    done = subprocess.run([sys.executable, "-m", "flows.retrain", "run", "--dry-run", "--project-dir", str(project)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    capsys.readouterr()
+    assert main(["run", "--dry-run", "--project-dir", str(project)]) == 0  # python -m flows.retrain run --dry-run
+    lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"compared with {plan.baseline}"
     assert lines[1] == "would skip: nothing changed"
     assert lines[2:] == [f"  {stage}: unchanged, not run" for stage in (v.stage for v in plan.verdicts)]
