@@ -29,8 +29,8 @@ from catalog_classifier.config.layout import Project
 from catalog_classifier.config.overrides import validate_overrides, write_overrides
 from catalog_classifier.config.params import PARAMS_FILE, OrchestrationParams, ParamsError, load_params
 from catalog_classifier.ops import dvc_ops
-from catalog_classifier.registry.retraining import record_retraining, registry_location
 from catalog_classifier.reporting.run_summary import model_rows, promotion_record, summary_markdown
+from catalog_classifier.stages import retrain_plan
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SUMMARY_ARTIFACT = "pipeline-summary"
@@ -98,10 +98,7 @@ def publish_summary(project_dir: str, outcomes: list[tuple[str, str]]) -> dict[s
 @task(name="record-retraining", task_run_name="record-retraining", cache_policy=NO_CACHE)
 def record_retraining_task(project_dir: str, recorded_by: str) -> str:
     """Store in the registry what every stage now ran on: the next scheduled retraining compares against it."""
-    root = Path(project_dir)
-    params = load_params(root / PARAMS_FILE)
-    record = record_retraining(root, params.mlflow, params.registry.model_name, recorded_by)
-    line = f"recorded in registry {registry_location()}: {record.describe()}"
+    line = retrain_plan.record(Path(project_dir), recorded_by)
     get_run_logger().info("%s", line)
     return line
 

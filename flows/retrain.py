@@ -39,10 +39,9 @@ from prefect.cache_policies import NO_CACHE
 from catalog_classifier.config.params import PARAMS_FILE, OrchestrationParams, ParamsError, load_params
 from catalog_classifier.ops import dvc_ops
 from catalog_classifier.ops.exits import EXIT_TRANSIENT
-from catalog_classifier.ops.stage_inputs import RetrainPlan
-from catalog_classifier.registry.retraining import plan_against_registry
 from catalog_classifier.registry.tracking import TrackingUnavailable, data_version
 from catalog_classifier.reporting.run_summary import PROMOTE_STAGE
+from catalog_classifier.stages import retrain_plan
 from flows.pipeline import pipeline, prefect_api, project_root
 
 RETRAIN_ARTIFACT = "retraining"
@@ -128,23 +127,12 @@ def detect_changes(project_dir: str) -> list[str]:
 def plan_changes(project_dir: str) -> dict[str, Any]:
     """Each stage's own inputs (params, code, data version, command) against the registry's record of the last
     retraining (registry/retraining.py); one log line per stage: what this run does with it and why."""
-    plan = plan_for(Path(project_dir))
+    plan = retrain_plan.plan(Path(project_dir))
     logger = get_run_logger()
     logger.info("compared with %s", plan.baseline)
     for line in plan.lines():
         logger.info("plan: %s", line)
-    return plan_dict(plan)
-
-
-def plan_for(root: Path) -> RetrainPlan:
-    params = load_params(root / PARAMS_FILE)
-    return plan_against_registry(root, params.mlflow, params.registry.model_name)[0]
-
-
-def plan_dict(plan: RetrainPlan) -> dict[str, Any]:
-    return {"baseline": plan.baseline, "nothing_to_do": plan.nothing_to_do, "to_run": plan.to_run,
-            "forced": plan.changed, "lines": plan.lines(),
-            "changes": [line for line in plan.lines() if line.split(":")[0] in plan.changed]}
+    return retrain_plan.plan_dict(plan)
 
 
 @task(name="push-outputs", task_run_name="push-outputs", cache_policy=NO_CACHE)
@@ -215,15 +203,6 @@ def retrain(project_dir: str | None = None, force: bool = False) -> dict[str, An
             "summary": summary, "push": pushed, "plan": plan}
 
 
-def dry_run(root: Path) -> str:
-    """What a retraining run in ``root`` would do now, stage by stage, and against which record: nothing runs,
-    nothing is pulled or written (pull first, as a run does, for the newest data)."""
-    plan = plan_for(root)
-    verdict = ("would skip: nothing changed" if plan.nothing_to_do
-               else f"would retrain: {len(plan.changed)} stage(s) changed, {len(plan.to_run)} handed to DVC")
-    return "\n".join([f"compared with {plan.baseline}", verdict, *[f"  {line}" for line in plan.lines()]])
-
-
 def start_server(orchestration: OrchestrationParams) -> None:
     """Replace this process by ``prefect server start`` on the loopback host and port of params."""
     prefect = Path(sys.executable).parent / "prefect"
@@ -270,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve(root, orchestration)
     elif args.dry_run:
         try:
-            print(dry_run(root))
+            print(retrain_plan.dry_run_text(root))
         except TrackingUnavailable as err:
             print(f"flows.retrain: error: {err}", file=sys.stderr)
             return EXIT_TRANSIENT
