@@ -116,7 +116,10 @@ def pull_newest_data(project_dir: str) -> str:
 
 @task(name="detect-changes", task_run_name="detect-changes", cache_policy=NO_CACHE)
 def detect_changes(project_dir: str) -> list[str]:
-    """What changed since dvc.lock (``dvc status``): data, params, code or missing outputs; empty: nothing."""
+    """What changed since dvc.lock (``dvc status``): data, params, code or missing outputs; empty: nothing.
+
+    Not the retraining's decision any more (``plan-retraining`` is): in a clone without the outputs every stage is
+    listed here. It says what DVC alone sees in the clone it runs in."""
     changes = dvc_ops.describe_changes(dvc_ops.changed_stages(Path(project_dir)))
     for line in changes:
         get_run_logger().info("changed: %s", line)
@@ -163,7 +166,8 @@ def _report(status: str, reason: str, lines: list[str]) -> str:
 
 @flow(name=FLOW_NAME, flow_run_name="retrain force={force}")
 def retrain(project_dir: str | None = None, force: bool = False) -> dict[str, Any]:
-    """Retrain when data, params or code changed since the last reproduction; skip with the reason otherwise."""
+    """Retrain the stages whose data, params or code changed since the registry's record of the last retraining;
+    skip with the reason and that record otherwise."""
     from prefect.runtime import deployment, flow_run
 
     root = project_root(project_dir)
