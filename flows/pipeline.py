@@ -30,6 +30,7 @@ from catalog_classifier.config.overrides import validate_overrides, write_overri
 from catalog_classifier.config.params import PARAMS_FILE, OrchestrationParams, ParamsError, load_params
 from catalog_classifier.ops import dvc_ops
 from catalog_classifier.reporting.run_summary import model_rows, promotion_record, summary_markdown
+from catalog_classifier.stages import retrain_plan
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SUMMARY_ARTIFACT = "pipeline-summary"
@@ -94,13 +95,24 @@ def publish_summary(project_dir: str, outcomes: list[tuple[str, str]]) -> dict[s
     return {"models": rows, "promotion": promotion, "stages": dict(outcomes)}
 
 
+@task(name="record-retraining", task_run_name="record-retraining", cache_policy=NO_CACHE)
+def record_retraining_task(project_dir: str, recorded_by: str) -> str:
+    """Store in the registry what every stage now ran on: the next scheduled retraining compares against it."""
+    line = retrain_plan.record(Path(project_dir), recorded_by)
+    get_run_logger().info("%s", line)
+    return line
+
+
 @flow(name="catalog-pipeline", flow_run_name="pipeline force={force}")
 def pipeline(project_dir: str | None = None, params_overrides: dict[str, Any] | None = None,
-             force: bool = False) -> dict[str, Any]:
+             force: bool = False, only_stages: list[str] | None = None, forced_stages: list[str] | None = None,
+             record: bool = True) -> dict[str, Any]:
     """Run every DVC stage of the project in order, one task each; a failing stage fails the run.
 
     ``params_overrides`` (``{"models": ["resnet50"], "train.lr": 0.001}``) are validated, then written into
-    params.yaml before any stage runs; ``force`` reruns stages DVC would skip.
+    params.yaml before any stage runs; ``force`` reruns stages DVC would skip. ``only_stages`` (the scheduled
+    retraining's plan) runs those stages and leaves the others alone, ``forced_stages`` of them with ``--force``.
+    Once every stage succeeded, ``record`` stores in the registry what they ran on (registry/retraining.py).
     """
     root = project_root(project_dir)
     # Validate before anything runs or is written: a bad override fails the run with the key named.
@@ -112,8 +124,16 @@ def pipeline(project_dir: str | None = None, params_overrides: dict[str, Any] | 
     outcomes = []
     for stage in plan_stages(str(root), models):
         # Sequential on purpose: DVC holds one lock per repository, and each stage needs its upstream outputs.
-        outcomes.append((stage, stage_task(str(root), stage, force)))
-    return publish_summary(str(root), outcomes)
+        if only_stages is not None and stage not in only_stages:
+            outcomes.append((stage, "unchanged"))
+            continue
+        outcomes.append((stage, stage_task(str(root), stage, force or stage in (forced_stages or []))))
+    summary = publish_summary(str(root), outcomes)
+    if record:
+        from prefect.runtime import flow_run
+
+        summary["record"] = record_retraining_task(str(root), f"flow run '{flow_run.name}' ({flow_run.id})")
+    return summary
 
 
 def _server_answers(api_url: str) -> bool:

@@ -1,9 +1,12 @@
 """Scheduled retraining: newest data, retrain only when something changed, promote through the gate, push.
 
-A run pulls the newest data version, asks DVC what changed since ``dvc.lock`` was written (the reproduction
-the current champion came from) and stops with the reason in the logs when nothing did. Otherwise it runs
-the pipeline flow, whose ``promote`` stage is the only way a model reaches the registry (the gate decides),
-and pushes the outputs to the default DVC remote when that remote is writable.
+A run pulls the newest data version and compares each stage's own inputs (command, params, code, data version)
+with the registry's record of the last successful retraining (registry/retraining.py), not with ``dvc.lock``
+and outputs its clone may lack (a read-only DVC remote never holds them): nothing changed, it stops with the
+reason and the record it compared with. Otherwise it runs the pipeline flow on the changed stages (forced), the
+stages below them (DVC decides by content) and the unchanged ones they read (DVC restores or reproduces their
+outputs); ``promote`` is the only way a model reaches the registry (the gate decides). The pipeline flow then
+records what the stages ran on, and the outputs are pushed when the default DVC remote is writable.
 
 Run by a deployment (``make deploy``), a run first looks for a later run of the same deployment that is also due
 already: when no worker was up for a while, the scheduled runs pile up as Late and start together once one is.
@@ -12,6 +15,7 @@ Only the newest of them retrains; the others end at once, skipped, naming the ru
     python -m flows.retrain server   # make prefect-server: a Prefect server (API + UI) on the host/port of params
     python -m flows.retrain serve    # make retrain-schedule: serve the deployment with the cron of params
     python -m flows.retrain run      # one retraining run now
+    python -m flows.retrain run --dry-run   # what a run would do now, stage by stage, and why; runs nothing
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ from prefect.cache_policies import NO_CACHE
 
 from catalog_classifier.config.params import PARAMS_FILE, OrchestrationParams, ParamsError, load_params
 from catalog_classifier.ops import dvc_ops
-from catalog_classifier.registry.tracking import data_version
+from catalog_classifier.ops.exits import EXIT_TRANSIENT
+from catalog_classifier.registry.tracking import TrackingUnavailable, data_version
 from catalog_classifier.reporting.run_summary import PROMOTE_STAGE
+from catalog_classifier.stages import retrain_plan
 from flows.pipeline import pipeline, prefect_api, project_root
 
 RETRAIN_ARTIFACT = "retraining"
@@ -110,11 +116,26 @@ def pull_newest_data(project_dir: str) -> str:
 
 @task(name="detect-changes", task_run_name="detect-changes", cache_policy=NO_CACHE)
 def detect_changes(project_dir: str) -> list[str]:
-    """What changed since dvc.lock (``dvc status``): data, params, code or missing outputs; empty: nothing."""
+    """What changed since dvc.lock (``dvc status``): data, params, code or missing outputs; empty: nothing.
+
+    Not the retraining's decision any more (``plan-retraining`` is): in a clone without the outputs every stage is
+    listed here. It says what DVC alone sees in the clone it runs in."""
     changes = dvc_ops.describe_changes(dvc_ops.changed_stages(Path(project_dir)))
     for line in changes:
         get_run_logger().info("changed: %s", line)
     return changes
+
+
+@task(name="plan-retraining", task_run_name="plan-retraining", cache_policy=NO_CACHE)
+def plan_changes(project_dir: str) -> dict[str, Any]:
+    """Each stage's own inputs (params, code, data version, command) against the registry's record of the last
+    retraining (registry/retraining.py); one log line per stage: what this run does with it and why."""
+    plan = retrain_plan.plan(Path(project_dir))
+    logger = get_run_logger()
+    logger.info("compared with %s", plan.baseline)
+    for line in plan.lines():
+        logger.info("plan: %s", line)
+    return retrain_plan.plan_dict(plan)
 
 
 @task(name="push-outputs", task_run_name="push-outputs", cache_policy=NO_CACHE)
@@ -145,7 +166,8 @@ def _report(status: str, reason: str, lines: list[str]) -> str:
 
 @flow(name=FLOW_NAME, flow_run_name="retrain force={force}")
 def retrain(project_dir: str | None = None, force: bool = False) -> dict[str, Any]:
-    """Retrain when data, params or code changed since the last reproduction; skip with the reason otherwise."""
+    """Retrain the stages whose data, params or code changed since the registry's record of the last retraining;
+    skip with the reason and that record otherwise."""
     from prefect.runtime import deployment, flow_run
 
     root = project_root(project_dir)
@@ -162,24 +184,27 @@ def retrain(project_dir: str | None = None, force: bool = False) -> dict[str, An
     pull = pull_newest_data.with_options(retries=orchestration.task_retries,
                                          retry_delay_seconds=orchestration.retry_delay_s)
     version = pull(str(root))
-    changes = detect_changes(str(root))
-    if not changes and not force:
-        reason = (f"skipped: neither data (version {version}) nor params nor code changed since dvc.lock was "
-                  "written by the run the current models came from (dvc status: up to date)")
+    plan = plan_changes(str(root))
+    if plan["nothing_to_do"] and not force:
+        reason = (f"skipped: neither data (version {version}) nor params nor code changed for any stage since "
+                  f"{plan['baseline']}")
         logger.info("%s", reason)
-        create_markdown_artifact(markdown=_report("skipped", reason, []), key=RETRAIN_ARTIFACT)
-        return {"status": "skipped", "reason": reason, "data_version": version}
-    reason = "forced" if force and not changes else f"{len(changes)} change(s) since dvc.lock"
+        create_markdown_artifact(markdown=_report("skipped", reason, plan["lines"]), key=RETRAIN_ARTIFACT)
+        return {"status": "skipped", "reason": reason, "data_version": version, "plan": plan}
+    changes = plan["changes"]
+    reason = ("forced" if force and plan["nothing_to_do"]
+              else f"{len(plan['forced'])} stage(s) changed since {plan['baseline']}")
     logger.info("retraining (%s) on data version %s", reason, version)
-    summary = pipeline(project_dir=str(root), force=force)
+    summary = pipeline(project_dir=str(root), force=force, only_stages=None if force else plan["to_run"],
+                       forced_stages=plan["forced"])
     if PROMOTE_STAGE not in summary["stages"]:
         logger.warning("dvc.yaml has no '%s' stage: models trained and evaluated, registry unchanged",
                        PROMOTE_STAGE)
     pushed = push_outputs(str(root), orchestration.push_outputs)
-    create_markdown_artifact(markdown=_report("retrained", f"Retrained ({reason}); {pushed}.", changes),
+    create_markdown_artifact(markdown=_report("retrained", f"Retrained ({reason}); {pushed}.", plan["lines"]),
                              key=RETRAIN_ARTIFACT)
     return {"status": "retrained", "reason": reason, "changes": changes, "data_version": version,
-            "summary": summary, "push": pushed}
+            "summary": summary, "push": pushed, "plan": plan}
 
 
 def start_server(orchestration: OrchestrationParams) -> None:
@@ -212,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("action", choices=["server", "serve", "run"])
     parser.add_argument("--project-dir", help="project root (default: this repository)")
     parser.add_argument("--force", action="store_true", help="run: retrain even when nothing changed")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run: print what a run would do with each stage, why, and against which record")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = project_root(args.project_dir)
@@ -224,6 +251,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         start_server(orchestration)
     elif args.action == "serve":
         serve(root, orchestration)
+    elif args.dry_run:
+        try:
+            print(retrain_plan.dry_run_text(root))
+        except TrackingUnavailable as err:
+            print(f"flows.retrain: error: {err}", file=sys.stderr)
+            return EXIT_TRANSIENT
     else:
         with prefect_api(orchestration):
             state = retrain(project_dir=str(root), force=args.force, return_state=True)

@@ -147,7 +147,7 @@ LONGEST_FIRST = (
     "test_registry_lock.py", "test_tune_shared.py", "test_tune.py", "test_pipeline_dvc.py",
     "test_report_browser.py", "test_mlflow_runs_view.py", "test_registry_faults.py", "test_bench.py",
     "test_explain.py", "test_frozen_stage.py", "test_report.py", "test_run_cache.py", "test_reproducibility.py",
-    "test_stage_deps.py", "test_pretrained.py",
+    "test_stage_deps.py", "test_retrain_plan.py", "test_pretrained.py",
 )
 
 

@@ -131,7 +131,7 @@ def test_pipeline_flow_runs_one_task_per_dvc_stage(flowed: tuple[Path, Any]) -> 
     stages = dvc_ops.pipeline_stages(root, [MODEL])
     assert stages[:2] == ["split", f"train@{MODEL}"] and f"evaluate@{MODEL}" in stages and "compare" in stages
     runs = task_runs(state.state_details.flow_run_id)
-    assert set(runs) == {"apply-params", "plan-stages", "publish-summary", *stages}
+    assert set(runs) == {"apply-params", "plan-stages", "publish-summary", "record-retraining", *stages}
     assert {name: run.state.type.value for name, run in runs.items()} == dict.fromkeys(runs, "COMPLETED")
     summary = state.result()
     assert summary["stages"] == dict.fromkeys(stages, "ran")
@@ -195,7 +195,10 @@ def test_retrain_skips_with_reason_when_nothing_changed(flowed: tuple[Path, Any]
     logs = flow_run_logs(state.state_details.flow_run_id)
     assert "skipped: neither data (version untracked) nor params nor code changed" in logs
     assert mlflow_snapshot(root) == before
-    assert set(task_runs(state.state_details.flow_run_id)) == {"pull-newest-data", "detect-changes"}
+    assert set(task_runs(state.state_details.flow_run_id)) == {"pull-newest-data", "plan-retraining"}
+    # Against the record the pipeline flow left in the project's registry, not against dvc.lock.
+    assert "since the last retraining recorded in registry sqlite:///" in logs
+    assert f"registry sqlite:///{root / 'mlruns' / 'mlflow.db'}, model catalog-classifier (commit " in logs
 
 
 @pytest.mark.slow

@@ -269,6 +269,12 @@ def test_unreachable_registry_is_said_on_the_page(project: Project) -> None:
     _, page = render(project, state)
     assert page.by_id["registry-error"].startswith(f"Registry unreachable: {state.error}")
     assert page.by_id["champion-card"] == "registry champion unknown registry unreachable"
+    # Which registry was read: a clone's local store, told apart from the team's server (issue #30).
+    assert state.location == f"sqlite:///{project.root / 'mlruns' / 'mlflow.db'}"
+    location = page.by_id["registry-location"]
+    assert location.startswith(f"Registry read: {state.location} . A champion lives in one registry")
+    assert "serves and promotes into the team's MLflow server it names" in location
+    assert location.endswith("is a separate, local registry.")
 
 
 def test_missing_required_input_names_the_file(project: Project, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,8 +2,10 @@
 worker, started by ``catalog-classifier stack up`` in a temporary folder on free ports and stopped after.
 
 One module-scoped stack serves every test here, in order: ``up`` twice, ``deploy``, the pipeline deployment run by
-the worker into MLflow on PostgreSQL, a backlog of late scheduled retraining runs, PostgreSQL stopped under a stage,
-and ``down``. The file stays one pytest-xdist unit (``--dist loadfile``), so the stack is started once.
+the worker into MLflow on PostgreSQL, a retraining run in a clone without outputs (skipped against the registry's
+record), a backlog of late scheduled retraining runs, a train param change (retrained once, one version) and a
+report-only change (nothing registered), PostgreSQL stopped under a stage, and ``down``. The file stays one
+pytest-xdist unit (``--dist loadfile``), so the stack is started once.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import yaml
 from conftest import REPO, commit_project, run, tiny_params, write_tiny_catalogue
 from server_helpers import free_port
 
+from catalog_classifier.config.overrides import write_overrides
 from catalog_classifier.config.params import load_params
 from catalog_classifier.infra import lifecycle
 from catalog_classifier.infra.composition import SERVICES, StackPlan, deploy_env
@@ -236,6 +239,10 @@ def test_deploy_registers_the_three_deployments_with_the_schedule_of_params(stac
     assert clone["prefect.deployments.steps.git_clone"] == {
         "id": "clone", "repository": f"file://{stack.project}", "branch": run(
             ["git", "rev-parse", "--abbrev-ref", "HEAD"], stack.project).stdout.strip()}
+    # Which registry the deployments promote into, and what the remote's writability means for retraining.
+    assert (f"registry: the deployments promote into the MLflow registry at {stack.plan.mlflow_url} (model "
+            f"'{params.registry.model_name}'), the team's record") in deployed.stdout
+    assert f"DVC remote {stack.project.parent / 'dvc-remote'} is writable: retraining runs push" in deployed.stdout
     script = data["prefect.deployments.steps.run_shell_script"]["script"]
     assert script.splitlines() == [
         f'dvc remote add --local --force --default deployment "{stack.project.parent / "dvc-remote"}"',
@@ -278,6 +285,42 @@ def test_the_worker_runs_the_pipeline_deployment_into_mlflow_on_postgres(stack: 
     assert cluster.psql("SELECT name FROM registered_models", "mlflow").split() == [params.registry.model_name]
 
 
+def run_retraining(stack: Stack) -> dict:
+    """One run of the retraining deployment now, by the worker, in a fresh clone; the finished flow run."""
+    name = load_params(stack.project / "params.yaml").orchestration.deployment
+    retrain = deployment_id(stack, f"scheduled-retraining/{name}")
+    run_id = prefect(stack, "POST", f"/deployments/{retrain}/create_flow_run", {})["id"]
+    [flow_run] = wait_for_runs(stack, [run_id], RUN_TIMEOUT_S)
+    assert flow_run["state"]["type"] == "COMPLETED", flow_run_logs(stack, run_id)[-4000:]
+    return flow_run
+
+
+def registered_versions(stack: Stack) -> list[str]:
+    name = load_params(stack.project / "params.yaml").registry.model_name
+    found = mlflow_rest(stack, "GET", f"model-versions/search?filter=name%3D%27{name}%27")
+    return sorted(version["version"] for version in found.get("model_versions", []))
+
+
+@pytest.mark.slow
+def test_retraining_in_a_fresh_clone_without_outputs_skips_against_the_registry_record(stack: Stack) -> None:
+    """Right after the pipeline ran into the stack: nothing pushed, no dvc.lock committed (``dvc status`` in the
+    worker's clone would call every stage stale), yet the run skips, naming the registry's record."""
+    project = stack.project
+    assert run(["git", "ls-files", "dvc.lock"], project).stdout == ""
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    weights = next(out for out in lock[f"train@{MODEL}"]["outs"] if out["path"].endswith("model.pt"))["md5"]
+    assert not (project.parent / "dvc-remote" / "files" / "md5" / weights[:2] / weights[2:]).exists()  # data only
+    pipeline_runs = count_flow_runs(stack, "catalog-pipeline")
+    flow_run = run_retraining(stack)
+    model = load_params(project / "params.yaml").registry.model_name
+    logs = logs_with(stack, flow_run["id"], "skipped: neither data (version ", "nor params nor code changed for any "
+                     f"stage since the last retraining recorded in registry {stack.plan.mlflow_url}, model {model} "
+                     "(commit ", "plan: split: unchanged, not run", "plan: promote: unchanged, not run")
+    assert "rerun" not in logs
+    assert count_flow_runs(stack, "catalog-pipeline") == pipeline_runs  # no pipeline subflow
+    assert registered_versions(stack) == ["1"]
+
+
 @pytest.mark.slow
 def test_a_backlog_of_late_scheduled_runs_retrains_once(stack: Stack) -> None:
     """The worker is down while three scheduled retraining runs come due; once it is back, only the newest does
@@ -317,6 +360,41 @@ def test_a_backlog_of_late_scheduled_runs_retrains_once(stack: Stack) -> None:
               "skipped: neither data", "nor params nor code changed")
     assert count_flow_runs(stack, "catalog-pipeline") == pipeline_runs  # no pipeline subflow ran
     assert stack.plan.cluster().psql("SELECT count(*) FROM runs", "mlflow").strip() == mlflow_runs
+
+
+@pytest.mark.slow
+def test_a_train_param_change_retrains_its_stages_once_and_a_report_only_change_registers_nothing(
+        stack: Stack) -> None:
+    project = stack.project
+    params = load_params(project / "params.yaml")
+    write_overrides(project / "params.yaml", {"train.lr": params.train.lr * 2})
+    commit_all(project, "train.lr doubled")
+    pipeline_runs = count_flow_runs(stack, "catalog-pipeline")
+    flow_run = run_retraining(stack)
+    logs_with(stack, flow_run["id"],
+              f"plan: train@{MODEL}: rerun (params.yaml:train.lr {params.train.lr} -> {params.train.lr * 2})",
+              "plan: split: unchanged, read by ", f"plan: evaluate@{MODEL}: to DVC, which reruns it if",
+              "retraining (1 stage(s) changed since the last retraining recorded in registry ")
+    # What DVC did is in the pipeline subflow's own logs: the changed stage and those below it ran, split did not.
+    [subflow] = prefect(stack, "POST", "/flow_runs/filter", {"flows": {"name": {"any_": ["catalog-pipeline"]}},
+                                                              "sort": "START_TIME_DESC", "limit": 1})
+    assert subflow["parent_task_run_id"] is not None
+    logs_with(stack, subflow["id"], f"stage train@{MODEL}: ran", f"stage evaluate@{MODEL}: ran", "stage compare: ran",
+              "stage promote: ran", "stage split: unchanged since dvc.lock, skipped",
+              f"recorded in registry {stack.plan.mlflow_url}: commit ")
+    assert count_flow_runs(stack, "catalog-pipeline") == pipeline_runs + 1
+    assert registered_versions(stack) == ["1", "2"]  # one version, through the gate
+
+    # Changed means retrained once: the next run skips. A change to a module only the report reads (not a stage
+    # of this tiny pipeline) changes no stage's inputs: skipped too, nothing registered.
+    page = project / "src/catalog_classifier/reporting/page.py"
+    page.write_text(page.read_text() + "\n# a report-only change\n")
+    commit_all(project, "report wording")
+    again = run_retraining(stack)
+    logs_with(stack, again["id"], "skipped: neither data (version ", "nor params nor code changed for any stage",
+              f"plan: train@{MODEL}: unchanged, not run")
+    assert count_flow_runs(stack, "catalog-pipeline") == pipeline_runs + 1
+    assert registered_versions(stack) == ["1", "2"]
 
 
 @pytest.mark.slow

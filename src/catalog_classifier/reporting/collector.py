@@ -85,6 +85,7 @@ class RegistryState:
     last_event: str | None = None
     versions: list[VersionRecord] = field(default_factory=list)  # newest first
     error: str | None = None  # set when the registry could not be read: the page says why
+    location: str = ""  # the registry's URI, credentials masked: which registry (local store or team server)
 
     @property
     def champion(self) -> str | None:

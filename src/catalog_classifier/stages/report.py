@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 from catalog_classifier.config.layout import Project
 from catalog_classifier.ops.gitstate import git_state
 from catalog_classifier.ops.io import read_json, write_text
+from catalog_classifier.ops.postgres import redact_url
 from catalog_classifier.registry.tracking import check_server, data_version, resolve_tracking_uri
 from catalog_classifier.reporting.charts import EmbedSettings
 from catalog_classifier.reporting.collector import RegistryState, collect, read_registry
@@ -49,11 +51,14 @@ def _client(project: Project) -> MlflowClient:
 def registry_state(project: Project) -> RegistryState:
     """The registry as :func:`read_registry` sees it, or a state whose ``error`` says why it could not be read."""
     name = project.params.registry.model_name
+    uri = resolve_tracking_uri(project.params.mlflow, project.root)
+    location = redact_url(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
     try:
-        return read_registry(_client(project), name)
+        return replace(read_registry(_client(project), name), location=location)
     except Exception as err:  # noqa: BLE001 - whatever failed (server down, no store, bad schema), the page renders
         log.warning("report: registry %r not read: %s", name, err)
-        return RegistryState(name, error=str(err).strip().splitlines()[0] if str(err).strip() else repr(err))
+        return RegistryState(name, error=str(err).strip().splitlines()[0] if str(err).strip() else repr(err),
+                             location=location)
 
 
 def embed_settings(project: Project) -> EmbedSettings:

@@ -24,6 +24,7 @@ from catalog_classifier.infra.composition import (
     deploy_env,
     uncommitted_changes,
 )
+from catalog_classifier.ops import dvc_ops
 from catalog_classifier.ops.postgres import PostgresError
 from catalog_classifier.ops.services import ServiceError, http_ok
 
@@ -99,6 +100,27 @@ def run_deploy(project: Project, plan: StackPlan) -> None:
     if done.returncode != 0:
         raise ServiceError(f"prefect deploy failed ({done.returncode}):\n{(done.stdout + done.stderr).strip()[-3000:]}")
     print("\n".join(line for line in done.stdout.splitlines() if line.strip()), flush=True)
+    for line in deploy_notes(project, plan, values["CATALOG_DVC_REMOTE"]):
+        print(line, flush=True)
+
+
+def deploy_notes(project: Project, plan: StackPlan, remote_url: str) -> list[str]:
+    """Which registry the deployments promote into, and what the DVC remote's writability means for retraining."""
+    name = project.params.registry.model_name
+    writable = dvc_ops.remote_writable(dvc_ops.Remote("deployment", remote_url))
+    if writable is False:
+        remote = (f"DVC remote {remote_url} is read-only: retraining runs cannot push their outputs; they still skip "
+                  "when nothing changed (the registry's record), but each run reproduces the unchanged stages "
+                  "that a changed one reads")
+    else:
+        remote = (f"DVC remote {remote_url} is {'writable' if writable else 'not a local folder (writability unknown)'}"
+                  ": retraining runs push their outputs there (orchestration.push_outputs), so later runs pull the "
+                  "unchanged stages' outputs instead of reproducing them")
+    return [f"registry: the deployments promote into the MLflow registry at {plan.mlflow_url} (model '{name}'), the "
+            "team's record; scheduled retraining compares with what that registry recorded of the last retraining. "
+            f"A clone's own store ({project.params.mlflow.tracking_uri}, what `make run` uses) is a separate, local "
+            "registry: its champion is not the one the deployments serve",
+            remote]
 
 
 def run_bench_stack(project: Project) -> dict[str, Any]:
