@@ -421,8 +421,8 @@ def test_aliases_move_by_the_rule_and_rollback_restores_the_previous_champion(
     # Both descriptions now tell the rollback; v2's still has its own decision and figures.
     described = {version: client(project).get_model_version(name, version).description for version in ("1", "2")}
     assert "rolled back: champion returned to v1" in described["2"]
-    assert (f"- Against champion v1: its macro-F1 {second['figures']['champion_f1_macro']:.4f}, delta "
-            f"{second['figures']['delta']:+.4f}") in described["2"]
+    assert (f"- Against champion v1: its macro-F1 {second['figures']['champion_f1_macro']:.4f}; difference "
+            f"{second['figures']['delta']:+.4f}, paired interval") in described["2"]
     assert "champion again (restored by a rollback)" in described["1"]
     assert "No champion yet" in described["1"] and "**Gate: promoted**" in described["1"]
 
