@@ -12,7 +12,7 @@ from conftest import REPO
 from catalog_classifier.cli import build_parser, main
 
 ACTIONS = {"tune", "tune-overrides", "rollback", "predict", "serve", "bench", "bench-tune", "check-data", "spread",
-           "stack", "bench-stack", "bench-serve"}
+           "stack", "bench-stack", "bench-serve", "bench-predict"}
 
 
 def dvc_stages() -> dict[str, dict]:
