@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     which = predict.add_mutually_exclusive_group()
     which.add_argument("--version", help="registered model version (default: the champion)")
     which.add_argument("--model-uri", dest="model", metavar="URI",
-                       help="any MLflow model URI of a served model, e.g. models:/NAME@challenger")
+                       help="a registered version, models:/NAME/VERSION or models:/NAME@ALIAS (e.g. @challenger)")
     # The first spelling of --model-uri; hidden because everywhere else --model is one of params.models.
     which.add_argument("--model", dest="model", help=argparse.SUPPRESS)
     predict.add_argument("-o", "--output", help="predictions CSV to write, with <stem>_review.csv and "

@@ -1,9 +1,15 @@
-"""Entry points that use a registered model: batch ``predict`` (files, folders or a CSV), and the HTTP model server."""
+"""Entry points that use a registered model: batch ``predict`` (files, folders or a CSV), and the HTTP model server.
+
+Both load a version through :func:`catalog_classifier.registry.artifact.fetch_verified`: data files only, each
+checked against the sha256 recorded at registration; both run with MLflow's pickle deserialisation disabled.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,16 +42,18 @@ def run_predict(project: Project, sources: Sequence[str], uri: str, output: Path
         summarise,
         write_outputs,
     )
-    from catalog_classifier.registry.served import load_served_model
+    from catalog_classifier.registry import artifact
+    from catalog_classifier.registry.served import NO_PICKLE_ENV
 
     batch = read_inputs(sources)  # before loading the model: a bad input fails at once
+    os.environ[NO_PICKLE_ENV] = "false"  # nothing here unpickles; no MLflow loader may either
     setup_mlflow(project.params.mlflow, project.root)
     try:
-        served = load_served_model(uri)
+        classifier, _ = artifact.load_champion(uri)
     except MlflowException as err:
         raise FileNotFoundError(f"cannot load {uri}: {str(err).splitlines()[0]}") from None
-    frame = predict_batch(served.classifier, batch)
-    summary = {**summarise(frame, served.classifier, batch.labels), "model_uri": uri}
+    frame = predict_batch(classifier, batch)
+    summary = {**summarise(frame, classifier, batch.labels), "model_uri": uri}
     if output is None:
         frame.to_csv(sys.stdout, index=False, lineterminator="\n")
     else:
@@ -57,10 +65,12 @@ def run_predict(project: Project, sources: Sequence[str], uri: str, output: Path
 
 
 def run_serve(project: Project, host: str, port: int) -> None:
-    """Serve the champion with ``mlflow models serve --env-manager local`` (replaces this process)."""
+    """Serve the champion with ``mlflow models serve --env-manager local`` (replaces this process): its data files,
+    verified, inside a pyfunc folder written here whose loader is the package's own code."""
     import mlflow
 
-    from catalog_classifier.registry.served import exec_server
+    from catalog_classifier.registry.artifact import fetch_verified
+    from catalog_classifier.registry.served import exec_server, write_local_pyfunc
     from catalog_classifier.registry.versions import champion_version
 
     setup_mlflow(project.params.mlflow, project.root)
@@ -69,6 +79,10 @@ def run_serve(project: Project, host: str, port: int) -> None:
     if version is None:
         raise FileNotFoundError(f"registered model {name!r} has no champion yet: run `dvc repro` "
                                 "(promote stage) or `catalog-classifier promote`")
+    # The version, not the alias: what runs is fixed for the server's lifetime and says so in its logs. The folder
+    # outlives this process (it becomes the server); it sits in the system's temporary directory.
+    folder = Path(tempfile.mkdtemp(prefix="catalog-serve-"))
+    verified = fetch_verified(f"models:/{name}/{version}", folder / "classifier")
+    local = write_local_pyfunc(verified.directory, folder / "pyfunc")
     print(f"serving {name} v{version} (champion) on http://{host}:{port}/invocations", file=sys.stderr)
-    # The version, not the alias: what runs is fixed for the server's lifetime and says so in its logs.
-    exec_server(f"models:/{name}/{version}", mlflow.get_tracking_uri(), host, port)
+    exec_server(str(local), mlflow.get_tracking_uri(), host, port)
