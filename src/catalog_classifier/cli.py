@@ -23,6 +23,7 @@ from catalog_classifier.config.params import PARAMS_FILE, ParamsError
 from catalog_classifier.data.catalogue import CatalogueError
 from catalog_classifier.data.images import ImageLoadError
 from catalog_classifier.ops.exits import EXIT_REJECTED_INPUT, EXIT_TRANSIENT, InputError, ModelError
+from catalog_classifier.ops.exposure import ExposureError
 from catalog_classifier.ops.interrupts import (
     exit_status,
     ignore_stop_signals,
@@ -36,7 +37,7 @@ from catalog_classifier.registry.versions import RegistryError, RegistryLockTime
 
 # Permanent: the same command fails the same way until its input changes (exit 2, never retried by the flow).
 EXPECTED_ERRORS = (ParamsError, CatalogueError, ImageLoadError, FileNotFoundError, RegistryError, CorruptFileError,
-                   ModelError, InputError)
+                   ModelError, InputError, ExposureError)
 # Transient: something outside the command is briefly unavailable (exit 75: the flow retries the stage).
 TRANSIENT_ERRORS = (TrackingUnavailable, RegistryLockTimeout, RegistryLockUnavailable)
 EXIT_USAGE = EXIT_REJECTED_INPUT

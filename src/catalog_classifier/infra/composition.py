@@ -22,6 +22,7 @@ from pathlib import Path
 
 from catalog_classifier.config.params import REGISTRY_LOCK_URL_ENV, TUNE_STORAGE_ENV, Params
 from catalog_classifier.ops import dvc_ops
+from catalog_classifier.ops.exposure import require_loopback_or_auth
 from catalog_classifier.ops.postgres import USER, PostgresCluster
 from catalog_classifier.ops.services import Service
 
@@ -84,6 +85,18 @@ class StackPlan:
 
     def cluster(self) -> PostgresCluster:
         return PostgresCluster(self.dir / "postgres", self.postgres_port, host=_client_host(self.host))
+
+    # ---------------------------------------------------------------- who may reach what
+
+    def authentication(self, name: str) -> str | None:
+        """What authenticates the clients of a listening service; None: anyone who reaches its port."""
+        return {"postgres": "scram-sha-256 password (0600 file)"}.get(name)
+
+    def check_exposure(self) -> None:
+        """Each listening service on loopback, or authenticated: checked before anything starts."""
+        for name, host, setting in (("postgres", self.host, "stack.host"), ("mlflow", self.host, "stack.host"),
+                                    ("prefect-server", self.prefect_host, "orchestration.server_host")):
+            require_loopback_or_auth(f"the stack's {name}", host, self.authentication(name), setting)
 
     # ---------------------------------------------------------------- URLs
 

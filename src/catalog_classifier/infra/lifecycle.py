@@ -150,6 +150,7 @@ def _launch(plan: StackPlan, name: str) -> bool:
 
 def up(plan: StackPlan, report: Callable[[ServiceState], None] = lambda state: None) -> list[ServiceState]:
     """Start whatever part of the stack is not running, wait until each part answers, record the settings."""
+    plan.check_exposure()
     plan.dir.mkdir(parents=True, exist_ok=True)
     states = [_start_postgres(plan)]
     report(states[-1])

@@ -69,10 +69,13 @@ def run_serve(project: Project, host: str, port: int) -> None:
     verified, inside a pyfunc folder written here whose loader is the package's own code."""
     import mlflow
 
+    from catalog_classifier.ops.exposure import require_loopback_or_auth
     from catalog_classifier.registry.artifact import fetch_verified
     from catalog_classifier.registry.served import exec_server, write_local_pyfunc
     from catalog_classifier.registry.versions import champion_version
 
+    # mlflow models serve answers anyone who reaches its port: loopback only, checked before anything is loaded.
+    require_loopback_or_auth("the model server", host, None, "serve --host")
     setup_mlflow(project.params.mlflow, project.root)
     name = project.params.registry.model_name
     version = champion_version(mlflow.MlflowClient(), name)

@@ -24,12 +24,13 @@ from catalog_classifier.infra.composition import (
     deploy_env,
     uncommitted_changes,
 )
+from catalog_classifier.ops.exposure import ExposureError
 from catalog_classifier.ops.postgres import PostgresError
 from catalog_classifier.ops.services import ServiceError, http_ok
 
 # Errors that end a stack command with one line (exit 2): a setting to change, a port taken, a service that
 # would not start (its log's tail is in the message).
-STACK_ERRORS = (ServiceError, StackConfigError, PostgresError)
+STACK_ERRORS = (ServiceError, StackConfigError, PostgresError, ExposureError)
 EXIT_NOT_RUNNING = 3  # `stack status` when some part is down (the LSB convention for "not running")
 PREFECT_FILE = "prefect.yaml"
 
