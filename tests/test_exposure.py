@@ -1,5 +1,6 @@
 """Loopback unless asked: every service binds 127.0.0.1 by default, and one set to listen elsewhere without
-authentication is refused before anything starts (stack, Prefect server, model server)."""
+authentication is refused before anything starts (the model server, a lone Prefect server); the team stack's
+services all authenticate, so only there is another address accepted."""
 
 from __future__ import annotations
 
@@ -37,16 +38,18 @@ def test_the_defaults_are_loopback() -> None:
     assert params["stack"]["host"] == "127.0.0.1" and params["orchestration"]["server_host"] == "127.0.0.1"
 
 
-@pytest.mark.parametrize(("setting", "service"), [("stack.host=0.0.0.0", "mlflow"),
-                                                  ("orchestration.server_host=10.1.2.3", "prefect-server")])
-def test_stack_up_on_a_public_address_without_auth_starts_nothing(tmp_path: Path, setting: str, service: str,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    stack_dir = tmp_path / "stack"
-    status = main(["stack", "up", "--params", str(REPO / "params.yaml"), "--set", f"stack.dir={stack_dir}",
-                   "--set", setting])
-    assert status == 2
-    assert f"the stack's {service} would listen on {setting.split('=')[1]}" in capsys.readouterr().err
-    assert not stack_dir.exists()
+def test_every_listening_service_of_the_stack_authenticates_so_another_address_may_be_set(tmp_path: Path) -> None:
+    from catalog_classifier.config.layout import Project
+    from catalog_classifier.infra.composition import StackPlan
+
+    project = Project.load(REPO / "params.yaml", {"stack.host": "0.0.0.0", "orchestration.server_host": "10.1.2.3",
+                                                  "stack.dir": str(tmp_path / "stack")})
+    plan = StackPlan.from_params(project.params, project.root)
+    assert {name: plan.authentication(name) for name in ("postgres", "mlflow", "prefect-server")} == {
+        "postgres": "scram-sha-256 password (0600 file)", "mlflow": "MLflow basic-auth app",
+        "prefect-server": "Prefect API auth string"}
+    plan.check_exposure()  # allowed: each of them refuses anonymous clients
+    assert plan.command("mlflow")[2:4] == ["--app-name", "basic-auth"]
 
 
 def test_serve_on_a_public_address_is_refused_before_loading_anything(capsys: pytest.CaptureFixture[str]) -> None:

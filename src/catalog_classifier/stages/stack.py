@@ -74,8 +74,11 @@ def _command() -> str:
 
 
 def env_lines(plan: StackPlan) -> str:
-    """``export`` lines for a shell (``eval "$(catalog-classifier stack env)"``)."""
-    lines = [f"export {key}={shlex.quote(value)}" for key, value in plan.client_env().items()]
+    """``export`` lines for a shell (``eval "$(catalog-classifier stack env)"``). A generated credential is printed
+    as a read of its 0600 file, never as its value: the output can be shown, logged or pasted safely."""
+    files = plan.secret_env_files()
+    lines = [f"export {key}=\"$(cat {shlex.quote(str(files[key]))})\"" if key in files else
+             f"export {key}={shlex.quote(value)}" for key, value in plan.client_env().items()]
     if not plan.cluster().password_file.is_file():
         lines.append("# the stack has not been started in this folder yet: make stack")
     return "\n".join(lines) + "\n"
