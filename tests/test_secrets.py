@@ -49,6 +49,13 @@ def test_servers_and_clients_get_credentials_from_the_environment_only(tmp_path:
     assert server["MLFLOW_FLASK_SERVER_SECRET_KEY"] == values["mlflow-flask-key"]
     assert server["MLFLOW_AUTH_CONFIG_PATH"] == str(plan.auth_config)
     assert prefect["PREFECT_SERVER_API_AUTH_STRING"] == values["prefect-api"]
+    import re
+
+    source = server["MLFLOW_CREATE_MODEL_VERSION_SOURCE_VALIDATION_REGEX"]
+    assert re.search(source, "mlflow-artifacts:/1/0a1b/artifacts/classifier/0123456789abcdef")
+    for bad in ("file:///etc", "/etc/passwd", "mlflow-artifacts:/1/../../etc", "mlflow-artifacts:/x#/../../etc",
+                "s3://bucket/x", "runs:/0a1b/model"):
+        assert not re.search(source, bad), bad
     plan.secret("mlflow-trainer")
     client = plan.client_env()
     assert client["MLFLOW_TRACKING_USERNAME"] == "trainer"

@@ -40,6 +40,7 @@ SERVICES = ("mlflow", "prefect-server", "worker")
 MLFLOW_ADMIN = "admin"
 TRAINER = "trainer"  # the stack's clients: training, tuning, promotion (owner of the experiment and the model)
 READER = "reader"  # browses runs and models, changes nothing
+SOURCE_REGEX = r"^mlflow-artifacts:/(?!.*\.\.)[^#?\\]*$"
 SECRETS = ("mlflow-admin", "mlflow-trainer", "mlflow-reader", "mlflow-flask-key", "prefect-api")
 STATE_FILE = "stack.json"
 # Inherited variables that would point a service at another store or server than the stack's own.
@@ -188,6 +189,9 @@ class StackPlan:
             # MLflow 3's server job runner (GenAI jobs: prompt optimisation, trace rollups) starts eight more Python
             # processes, ~230 MB each; nothing here uses it.
             env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+            # A version's source must be in the server's own artifact store (no file:// path, no traversal): the
+            # class of MLflow's model-version source CVEs, closed here whatever the release.
+            env["MLFLOW_CREATE_MODEL_VERSION_SOURCE_VALIDATION_REGEX"] = SOURCE_REGEX
             env.update(MLFLOW_AUTH_CONFIG_PATH=str(self.auth_config),
                        MLFLOW_AUTH_ADMIN_PASSWORD=self.secret("mlflow-admin"),
                        MLFLOW_FLASK_SERVER_SECRET_KEY=self.secret("mlflow-flask-key"))

@@ -94,6 +94,8 @@ def run_deploy(project: Project, plan: StackPlan) -> None:
               flush=True)
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
     env.update(values)
+    # The server's API auth string (read from its 0600 file), never on the command line.
+    env.update({key: value for key, value in plan.credential_env().items() if key.startswith("PREFECT_")})
     env["PREFECT_HOME"] = str(plan.dir / "worker")  # the deploying client's own state stays inside the stack folder
     print(f"deploying {project.root / PREFECT_FILE} to {plan.prefect_api_url}: pool {values['CATALOG_WORK_POOL']}, "
           f"code {values['CATALOG_REPOSITORY']} @ {values['CATALOG_BRANCH']}, data {values['CATALOG_DVC_REMOTE']}, "
@@ -111,6 +113,8 @@ def run_bench_stack(project: Project) -> dict[str, Any]:
     from catalog_classifier.ops.io import write_json
 
     plan = current_plan(project.params, project.root)
+    # MLflow's client reads the trainer's credentials from the environment (the server refuses anonymous calls).
+    os.environ.update({key: value for key, value in plan.credential_env().items() if key.startswith("MLFLOW_")})
     result = bench_logging(plan, project.params.bench)
     out = project.path(project.params.bench.out_dir) / "stack.json"
     write_json(out, result)
