@@ -233,8 +233,11 @@ def test_stack_up_twice_is_harmless(stack: Stack) -> None:
     assert f"export PREFECT_API_URL={stack.plan.prefect_api_url}\n" in env
     assert "export MLFLOW_HTTP_REQUEST_MAX_RETRIES=2\n" in env
     # Promoters share the advisory lock in MLflow's database; tuning workers share the optuna database.
-    assert f"export CATALOG_REGISTRY_LOCK_URL={cluster_url(stack, 'mlflow')}\n" in env
-    assert f"export CATALOG_TUNE_STORAGE={cluster_url(stack, 'optuna')}\n" in env
+    # Each URL's password is read from its 0600 file when the shell evaluates the line: never printed.
+    evaluated = run(["bash", "-c", env + 'echo "$CATALOG_REGISTRY_LOCK_URL $CATALOG_TUNE_STORAGE"'],
+                    stack.project).stdout.split()
+    assert evaluated == [cluster_url(stack, "mlflow"), cluster_url(stack, "optuna")]
+    assert stack.plan.cluster().password() not in env
     # The servers keep their state in PostgreSQL, not in files of their own.
     cluster = stack.plan.cluster()
     assert cluster.psql("SELECT count(*) FROM alembic_version", "mlflow").strip() == "1"

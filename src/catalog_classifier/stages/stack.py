@@ -77,8 +77,17 @@ def env_lines(plan: StackPlan) -> str:
     """``export`` lines for a shell (``eval "$(catalog-classifier stack env)"``). A generated credential is printed
     as a read of its 0600 file, never as its value: the output can be shown, logged or pasted safely."""
     files = plan.secret_env_files()
-    lines = [f"export {key}=\"$(cat {shlex.quote(str(files[key]))})\"" if key in files else
-             f"export {key}={shlex.quote(value)}" for key, value in plan.client_env().items()]
+    cluster = plan.cluster()
+    password = cluster.password() if cluster.password_file.is_file() else None
+    read_password = f"$(cat {shlex.quote(str(cluster.password_file))})"
+    lines = []
+    for key, value in plan.client_env().items():
+        if key in files:
+            lines.append(f"export {key}=\"$(cat {shlex.quote(str(files[key]))})\"")
+        elif password and password in value:  # a database URL: its password read from the file when evaluated
+            lines.append(f"export {key}=\"{value.replace(password, read_password)}\"")
+        else:
+            lines.append(f"export {key}={shlex.quote(value)}")
     if not plan.cluster().password_file.is_file():
         lines.append("# the stack has not been started in this folder yet: make stack")
     return "\n".join(lines) + "\n"
