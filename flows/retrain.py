@@ -209,6 +209,10 @@ def retrain(project_dir: str | None = None, force: bool = False) -> dict[str, An
 
 def start_server(orchestration: OrchestrationParams) -> None:
     """Replace this process by ``prefect server start`` on the loopback host and port of params."""
+    from catalog_classifier.ops.exposure import require_loopback_or_auth
+
+    # This server has no API auth string: loopback only (the team stack is where authentication lives).
+    require_loopback_or_auth("the Prefect server", orchestration.server_host, None, "orchestration.server_host")
     prefect = Path(sys.executable).parent / "prefect"
     executable = str(prefect) if prefect.is_file() else (shutil.which("prefect") or "prefect")
     # Analytics off: the server would only log failed telemetry calls on an offline machine.

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
-from batch_helpers import save_served_model
+from batch_helpers import load_folder, save_served_model
 from conftest import REPO
 from PIL import Image
 
@@ -88,7 +88,6 @@ def test_a_killed_worker_loses_no_row_and_duplicates_none(harness: None, tmp_pat
     assert summary["n_images"] == SHARD_ROWS and summary["rows_resumed"] >= 2 * BATCH
     # The same labels as one uninterrupted pass of the same model over the whole catalogue.
     from catalog_classifier.modeling.batch_prediction import predict_batch, read_inputs
-    from catalog_classifier.registry.served import load_served_model
 
-    whole = predict_batch(load_served_model(str(model)).classifier, read_inputs([catalogue]))
+    whole = predict_batch(load_folder(model), read_inputs([catalogue]))
     assert list(frame["label"]) == list(whole["label"])

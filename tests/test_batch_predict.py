@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from batch_helpers import CLASSES, save_served_model
+from batch_helpers import CLASSES, load_folder, save_served_model
 from conftest import REPO
 from PIL import Image
 
@@ -118,10 +118,9 @@ def test_a_run_killed_mid_way_resumes_and_ends_identical_to_an_uninterrupted_one
 
 def test_unreadable_rows_never_shrink_a_batch(catalogue: tuple[Path, Path], tmp_path: Path) -> None:
     from catalog_classifier.modeling.batch_prediction import stream_predictions
-    from catalog_classifier.registry.served import load_served_model
 
     model, csv = catalogue
-    classifier = load_served_model(str(model)).classifier
+    classifier = load_folder(model)
     rows = list(read_inputs([csv]).rows())[:40]  # row 5 is missing: 39 readable
     chunks = list(stream_predictions(classifier, iter(rows)))
     readable = [sum(row["error"] == "" for row in chunk) for chunk in chunks]
@@ -272,10 +271,9 @@ def test_the_onnx_export_agrees_with_pytorch_and_predicts_the_same_rows(catalogu
     from registry_helpers import cli
 
     from catalog_classifier.modeling.onnx_runtime import OnnxImageClassifier, export_onnx, parity
-    from catalog_classifier.registry.served import load_served_model
 
     model, csv = catalogue
-    classifier = load_served_model(str(model)).classifier
+    classifier = load_folder(model)
     onnx = OnnxImageClassifier(classifier, export_onnx(classifier.model, classifier.config, tmp_path / "m.onnx"))
     images = sorted((csv.parent / "img").glob("[0-9]*.png"))
     agreement = parity(classifier, onnx, images)

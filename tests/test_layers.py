@@ -19,8 +19,8 @@ ABOVE_STAGES = ("catalog_classifier.cli", "catalog_classifier.__main__", "flows"
 # Equal ranks are siblings that never import each other.
 RANKS = {"ops": 0, "config": 1, "data": 2, "infra": 2, "modeling": 3, "explanations": 4, "registry": 4, "tuning": 5,
          "endpoint": 5, "reporting": 6}
-# Top-level library modules: the legacy import path of the served model sits with the registry.
-TOP_LEVEL = {"serving": "registry"}
+# Top-level library modules and the layer each sits with (none since the registry stopped running code on load).
+TOP_LEVEL: dict[str, str] = {}
 PACKAGE_MAP = Path(__file__).resolve().parents[1] / "README.md"
 
 

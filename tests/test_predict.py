@@ -98,11 +98,11 @@ STUB_ROWS = [("photos/a.png", "Baby Care"), ("photos/missing.png", "Watches"), (
 @pytest.fixture
 def stub_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     """The CLI's predict with the stub classifier in place of a registered model; returns what it needs."""
-    import catalog_classifier.registry.served as served
+    import catalog_classifier.registry.artifact as artifact
     import catalog_classifier.stages.serve as serve
 
     classifier = stub_classifier()
-    monkeypatch.setattr(served, "load_served_model", lambda uri: SimpleNamespace(classifier=classifier))
+    monkeypatch.setattr(artifact, "load_champion", lambda uri: (classifier, classifier.config))
     monkeypatch.setattr(serve, "setup_mlflow", lambda *args: None)
     write_stub_images(tmp_path)
     csv = tmp_path / "todo.csv"

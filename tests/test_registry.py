@@ -24,7 +24,6 @@ from registry_helpers import (
     midpoint_threshold,
     promote,
     repro_promotion,
-    split_images,
     write_autolabel,
 )
 from sklearn.metrics import f1_score
@@ -470,7 +469,7 @@ def test_the_champion_is_not_judged_on_images_it_was_trained_on(project: Path, r
 
     from catalog_classifier.config.layout import Project
     from catalog_classifier.modeling.prediction import pipeline_inference_settings, write_classifier_dir
-    from catalog_classifier.registry.served import TRAIN_MANIFEST, log_served_model
+    from catalog_classifier.registry.artifact import TRAIN_MANIFEST, log_classifier_folder, registration_tags
     from catalog_classifier.registry.tracking import setup_mlflow
     from catalog_classifier.registry.versions import record_decision, register_challenger
 
@@ -488,8 +487,8 @@ def test_the_champion_is_not_judged_on_images_it_was_trained_on(project: Path, r
         pd.concat([train, test.head(3)]).to_csv(folder / TRAIN_MANIFEST, index=False)
         run_id = json.loads((project / f"artifacts/models/{worse}/run.json").read_text())["run_id"]
         with mlflow.start_run(run_id=run_id):
-            served = log_served_model(folder, split_images(project)[0])
-        version = register_challenger(client(project), name, served.model_uri, run_id, {}).version
+            source, hashes = log_classifier_folder(folder)
+        version = register_challenger(client(project), name, source, run_id, registration_tags(hashes)).version
         record_decision(client(project), name, str(version), True, {"decision": "promoted", "reason": "setup"})
 
     report = promote(project, name, tmp_path / "promotion.json", "--model", better)

@@ -10,11 +10,13 @@ pytest-xdist unit (``--dist loadfile``), so the stack is started once.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -35,7 +37,7 @@ from server_helpers import free_port
 from catalog_classifier.config.overrides import write_overrides
 from catalog_classifier.config.params import load_params
 from catalog_classifier.infra import lifecycle
-from catalog_classifier.infra.composition import SERVICES, StackPlan, deploy_env
+from catalog_classifier.infra.composition import SECRETS, SERVICES, TRAINER, StackPlan, deploy_env
 from catalog_classifier.ops.services import port_in_use, tree
 from catalog_classifier.stages.stack import env_lines
 from flows.retrain import ScheduledRun, newer_due_run
@@ -69,19 +71,38 @@ def cli(stack: Stack, *args: str, env: dict[str, str] | None = None, timeout_s: 
                           capture_output=True, text=True, timeout=timeout_s, env=env or stack.env)
 
 
-def rest(base: str, method: str, path: str, body: dict | None = None) -> Any:
-    request = urllib.request.Request(f"{base}{path}", method=method, headers={"Content-Type": "application/json"},
+def rest(base: str, method: str, path: str, body: dict | None = None, auth: str | None = None) -> Any:
+    headers = {"Content-Type": "application/json", **({"Authorization": auth} if auth else {})}
+    request = urllib.request.Request(f"{base}{path}", method=method, headers=headers,
                                      data=None if body is None else json.dumps(body).encode())
     with urllib.request.urlopen(request, timeout=30) as answer:
         return json.loads(answer.read() or b"null")
 
 
+def refused(base: str, method: str, path: str, body: dict | None = None, auth: str | None = None) -> int:
+    """The HTTP status of a request the server must refuse (fails if it answers 2xx)."""
+    try:
+        rest(base, method, path, body, auth)
+    except urllib.error.HTTPError as err:
+        return err.code
+    pytest.fail(f"{method} {base}{path} was answered")
+
+
+def prefect_auth(stack: Stack) -> str:
+    return "Basic " + base64.b64encode(stack.plan.secret("prefect-api").encode()).decode()
+
+
+def mlflow_auth(stack: Stack, user: str = TRAINER, password: str | None = None) -> str:
+    password = password if password is not None else stack.plan.secret(f"mlflow-{user}")
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 def prefect(stack: Stack, method: str, path: str, body: dict | None = None) -> Any:
-    return rest(stack.plan.prefect_api_url, method, path, body)
+    return rest(stack.plan.prefect_api_url, method, path, body, prefect_auth(stack))
 
 
 def mlflow_rest(stack: Stack, method: str, path: str, body: dict | None = None) -> Any:
-    return rest(stack.plan.mlflow_url, method, f"/api/2.0/mlflow/{path}", body)
+    return rest(stack.plan.mlflow_url, method, f"/api/2.0/mlflow/{path}", body, mlflow_auth(stack))
 
 
 def flow_run_logs(stack: Stack, flow_run_id: str) -> str:
@@ -215,8 +236,11 @@ def test_stack_up_twice_is_harmless(stack: Stack) -> None:
     assert f"export PREFECT_API_URL={stack.plan.prefect_api_url}\n" in env
     assert "export MLFLOW_HTTP_REQUEST_MAX_RETRIES=2\n" in env
     # Promoters share the advisory lock in MLflow's database; tuning workers share the optuna database.
-    assert f"export CATALOG_REGISTRY_LOCK_URL={cluster_url(stack, 'mlflow')}\n" in env
-    assert f"export CATALOG_TUNE_STORAGE={cluster_url(stack, 'optuna')}\n" in env
+    # Each URL's password is read from its 0600 file when the shell evaluates the line: never printed.
+    evaluated = run(["bash", "-c", env + 'echo "$CATALOG_REGISTRY_LOCK_URL $CATALOG_TUNE_STORAGE"'],
+                    stack.project).stdout.split()
+    assert evaluated == [cluster_url(stack, "mlflow"), cluster_url(stack, "optuna")]
+    assert stack.plan.cluster().password() not in env
     # The servers keep their state in PostgreSQL, not in files of their own.
     cluster = stack.plan.cluster()
     assert cluster.psql("SELECT count(*) FROM alembic_version", "mlflow").strip() == "1"
@@ -319,6 +343,68 @@ def test_retraining_in_a_fresh_clone_without_outputs_skips_against_the_registry_
     assert "rerun" not in logs
     assert count_flow_runs(stack, "catalog-pipeline") == pipeline_runs  # no pipeline subflow
     assert registered_versions(stack) == ["1"]
+
+
+@pytest.mark.slow
+def test_anonymous_wrong_password_and_reader_writes_are_refused(stack: Stack) -> None:
+    """Runs after the pipeline run: the experiment and the registered model exist, owned by the trainer."""
+    params = load_params(stack.project / "params.yaml")
+    mlflow_api, name = f"{stack.plan.mlflow_url}/api/2.0/mlflow", params.registry.model_name
+    prefect_api = stack.plan.prefect_api_url
+    assert refused(mlflow_api, "POST", "/experiments/search", {"max_results": 1}) == 401  # anonymous
+    assert refused(mlflow_api, "GET", f"/registered-models/get?name={name}") == 401
+    assert refused(prefect_api, "POST", "/flow_runs/filter", {}) == 401
+    wrong = mlflow_auth(stack, TRAINER, "not-the-password")
+    assert refused(mlflow_api, "POST", "/experiments/search", {"max_results": 1}, wrong) == 401
+    wrong_prefect = "Basic " + base64.b64encode(b"not-the-auth-string").decode()
+    assert refused(prefect_api, "POST", "/flow_runs/filter", {}, wrong_prefect) == 401
+    reader = mlflow_auth(stack, "reader")
+    # The reader browses runs and models ...
+    model = rest(mlflow_api, "GET", f"/registered-models/get?name={name}", auth=reader)["registered_model"]
+    assert model["name"] == name
+    experiment = rest(mlflow_api, "GET", f"/experiments/get-by-name?experiment_name={params.mlflow.experiment}",
+                      auth=reader)["experiment"]
+    assert rest(mlflow_api, "POST", "/runs/search", {"experiment_ids": [experiment["experiment_id"]]},
+                auth=reader)["runs"]
+    # ... but cannot register a version, move an alias, or log into the team's experiment.
+    version = model["latest_versions"][0]
+    assert refused(mlflow_api, "POST", "/model-versions/create",
+                   {"name": name, "source": version["source"], "run_id": version["run_id"]}, reader) == 403
+    assert refused(mlflow_api, "POST", "/registered-models/alias",
+                   {"name": name, "alias": "champion", "version": version["version"]}, reader) == 403
+    assert refused(mlflow_api, "POST", "/runs/create", {"experiment_id": experiment["experiment_id"]}, reader) == 403
+    # Health stays open for probes, and says nothing else.
+    assert rest(prefect_api, "GET", "/health") is True
+    with urllib.request.urlopen(f"{stack.plan.mlflow_url}/health", timeout=30) as answer:
+        assert answer.status == 200
+
+
+@pytest.mark.slow
+def test_no_secret_leaks_into_files_logs_mlflow_or_ps(stack: Stack) -> None:
+    secrets = {name: stack.plan.secret_file(name).read_text().strip() for name in SECRETS}
+    secrets["postgres"] = stack.plan.cluster().password()
+    for name in SECRETS:
+        assert stat.S_IMODE(stack.plan.secret_file(name).stat().st_mode) == 0o600, name
+    assert stat.S_IMODE(stack.plan.secrets_dir.stat().st_mode) == 0o700
+    socket_dir = stack.plan.cluster().socket_dir
+    [socket] = socket_dir.glob(".s.PGSQL.*[0-9]")
+    assert stat.S_IMODE(socket.stat().st_mode) == 0o700 and stat.S_IMODE(socket_dir.stat().st_mode) == 0o700
+    env = env_lines(stack.plan)
+    places = {"stack env": env, "ps": run(["ps", "-eo", "args"], stack.project).stdout}
+    tracked = run(["git", "ls-files"], stack.project).stdout.split()
+    places.update({f"repo {path}": (stack.project / path).read_text(errors="replace") for path in tracked
+                   if (stack.project / path).is_file()})
+    places.update({f"log {path.name}": path.read_text(errors="replace")
+                   for path in (stack.plan.dir / "logs").glob("*.log")})
+    experiment = mlflow_rest(stack, "GET", "experiments/get-by-name?experiment_name="
+                             + load_params(stack.project / "params.yaml").mlflow.experiment)["experiment"]
+    runs = mlflow_rest(stack, "POST", "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    places["mlflow runs"] = json.dumps(runs)
+    name = load_params(stack.project / "params.yaml").registry.model_name
+    places["mlflow model"] = json.dumps(mlflow_rest(stack, "GET", f"registered-models/get?name={name}"))
+    leaks = [(secret, where) for secret, value in secrets.items() for where, text in places.items() if value in text]
+    assert leaks == []
+    assert f'export MLFLOW_TRACKING_PASSWORD="$(cat {stack.plan.secret_file("mlflow-trainer")})"' in env
 
 
 @pytest.mark.slow
@@ -499,7 +585,8 @@ def test_the_plan_keeps_the_database_password_off_command_lines() -> None:
         f"postgresql://catalog@127.0.0.1:{params.stack.postgres_port}/mlflow")
     assert plan.command("worker")[-6:] == ["--type", "process", "--name", params.stack.worker_name,
                                            "--install-policy", "never"]
-    assert plan.client_env() == {
+    assert {key: value for key, value in plan.client_env().items() if key not in plan.secret_env_files()
+            and key != "MLFLOW_TRACKING_USERNAME"} == {
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{params.stack.mlflow_port}",
         "PREFECT_API_URL": f"http://{params.orchestration.server_host}:{params.orchestration.server_port}/api",
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(params.stack.mlflow_http_retries),

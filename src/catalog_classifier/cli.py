@@ -23,6 +23,7 @@ from catalog_classifier.config.params import PARAMS_FILE, ParamsError
 from catalog_classifier.data.catalogue import CatalogueError
 from catalog_classifier.data.images import ImageLoadError
 from catalog_classifier.ops.exits import EXIT_REJECTED_INPUT, EXIT_TRANSIENT, InputError, ModelError
+from catalog_classifier.ops.exposure import ExposureError
 from catalog_classifier.ops.interrupts import (
     exit_status,
     ignore_stop_signals,
@@ -36,7 +37,7 @@ from catalog_classifier.registry.versions import RegistryError, RegistryLockTime
 
 # Permanent: the same command fails the same way until its input changes (exit 2, never retried by the flow).
 EXPECTED_ERRORS = (ParamsError, CatalogueError, ImageLoadError, FileNotFoundError, RegistryError, CorruptFileError,
-                   ModelError, InputError)
+                   ModelError, InputError, ExposureError)
 # Transient: something outside the command is briefly unavailable (exit 75: the flow retries the stage).
 TRANSIENT_ERRORS = (TrackingUnavailable, RegistryLockTimeout, RegistryLockUnavailable)
 EXIT_USAGE = EXIT_REJECTED_INPUT
@@ -365,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     which = predict.add_mutually_exclusive_group()
     which.add_argument("--version", help="registered model version (default: the champion)")
     which.add_argument("--model-uri", dest="model", metavar="URI",
-                       help="any MLflow model URI of a served model, e.g. models:/NAME@challenger")
+                       help="a registered version, models:/NAME/VERSION or models:/NAME@ALIAS (e.g. @challenger)")
     # The first spelling of --model-uri; hidden because everywhere else --model is one of params.models.
     which.add_argument("--model", dest="model", help=argparse.SUPPRESS)
     predict.add_argument("-o", "--output", help="predictions CSV to write, with <stem>_review.csv and "

@@ -1,4 +1,10 @@
-"""Robust image decoding: any size, mode or orientation in, an RGB picture of bounded memory out."""
+"""Robust image decoding: any size, mode or orientation in, an RGB picture of bounded memory out.
+
+Memory is bounded before any pixel is decoded: the header gives the canvas, JPEGs are set to decode at a reduced
+scale (draft), and a canvas that would still decode to more than :data:`MAX_DECODED_PIXELS` is refused, whatever
+the format (a 100 KB PNG or TIFF can declare a 120-megapixel canvas of zeros). 16-bit images are brought to 8 bits
+in integer arithmetic, a block of rows at a time, never as a full-size float copy.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Decode large JPEGs at a reduced scale (libjpeg DCT scaling): a 100-megapixel photo then costs a few MB.
 DRAFT_EDGE = 1024
+# The most pixels decoded for one image (after draft scaling): 40 MP is 120 MB as RGB, 160 MB as RGBA; far above
+# a product photo, far below what a crafted header can claim. Pillow's own bomb error (2 x 89 MP) stays in force.
+MAX_DECODED_PIXELS = 40_000_000
+# Rows converted at a time from 16 to 8 bits: a bounded temporary, whatever the image's height.
+_ROW_BLOCK = 256
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -38,16 +49,35 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # Scale by the mode's bit depth, never by the content: a dark 16-bit night shot must stay dark.
-        # Mode "I" (32-bit int) is how PIL hands over 16-bit data from several formats, so it gets 16 bits too.
-        array = np.asarray(image, dtype=np.float64)
-        scale = 255.0 / 65535.0
-        return Image.fromarray(np.clip(array * scale, 0, 255).round().astype(np.uint8)).convert("RGB")
+        return sixteen_to_eight_bits(image).convert("RGB")
     return image.convert("RGB")
 
 
-def load_rgb(path: Path | str) -> Image.Image:
-    """Open, orient (EXIF) and convert an image to RGB, decoding huge JPEGs at reduced scale."""
+def sixteen_to_eight_bits(image: Image.Image) -> Image.Image:
+    """A 16-bit (or 32-bit ``I``) grey image as 8-bit ``L``, scaled by the mode's bit depth, never by the content:
+    a dark 16-bit night shot must stay dark. Mode ``I`` is how PIL hands over 16-bit data from several formats, so
+    it gets 16 bits too. round(v * 255 / 65535) in integers, a block of rows at a time: no full-size float copy
+    (v / 257 never ends in exactly .5, so this rounding equals every other)."""
+    array = np.asarray(image)
+    out = np.empty(array.shape, dtype=np.uint8)
+    for start in range(0, array.shape[0], _ROW_BLOCK):
+        block = np.clip(array[start:start + _ROW_BLOCK], 0, 65535).astype(np.uint32)
+        out[start:start + _ROW_BLOCK] = (block * 255 + 32767) // 65535
+    return Image.fromarray(out, "L")
+
+
+def check_canvas(image: Image.Image, max_pixels: int) -> None:
+    """Refuse, before decoding, a canvas that would decode to more than ``max_pixels`` (after any draft scaling)."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageLoadError(f"image too large: {image.format or 'image'} of {width} x {height} = "
+                             f"{width * height / 1e6:.1f} megapixels to decode, over the cap of "
+                             f"{max_pixels / 1e6:g} (refused before decoding)")
+
+
+def load_rgb(path: Path | str, max_pixels: int = MAX_DECODED_PIXELS) -> Image.Image:
+    """Open, orient (EXIF) and convert an image to RGB, decoding huge JPEGs at reduced scale and refusing any
+    canvas over ``max_pixels`` before it is decoded (only the first frame of an animation or multi-page file)."""
     path = Path(path)
     if not path.exists():
         raise ImageLoadError("missing file")
@@ -59,9 +89,12 @@ def load_rgb(path: Path | str) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.draft("RGB", (DRAFT_EDGE, DRAFT_EDGE))
+                check_canvas(image, max_pixels)
                 image.load()
                 oriented = ImageOps.exif_transpose(image)
                 return _to_rgb(oriented)
+    except ImageLoadError:
+        raise
     except UnidentifiedImageError:
         raise ImageLoadError("not an image (format not recognised)") from None
     except Image.DecompressionBombError as err:

@@ -56,15 +56,21 @@ class ClassifierDeployment:
     """One replica: the model of one registered version, loaded once, answering until it is replaced."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
+        import os
+
         import mlflow
 
-        from catalog_classifier.registry.served import load_served_model
+        from catalog_classifier.registry.artifact import load_champion
+        from catalog_classifier.registry.served import NO_PICKLE_ENV
 
+        os.environ[NO_PICKLE_ENV] = "false"  # the replica loads data files only; no MLflow loader may unpickle
         mlflow.set_tracking_uri(spec["tracking_uri"])
         mlflow.set_registry_uri(spec["tracking_uri"])
         self.version = str(spec["version"])
         self.limits = Limits(**spec["limits"])
-        self.model = BatchModel(load_served_model(spec["model_uri"]).classifier)
+        # The version's data files, checked against the sha256 recorded at registration: nothing from the registry
+        # runs here (registry/artifact.py).
+        self.model = BatchModel(load_champion(spec["model_uri"])[0])
         if spec["torch_threads"]:
             import torch
 

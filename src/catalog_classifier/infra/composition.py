@@ -7,8 +7,14 @@ Nothing here starts a process (see ``lifecycle``). One folder (``stack.dir``) ho
     <dir>/prefect/             PREFECT_HOME of the Prefect server
     <dir>/worker/              PREFECT_HOME of the worker (its flow runs start in temporary folders)
     <dir>/logs/<service>.log   <dir>/run/<service>.pid   <dir>/stack.json (the settings of the stack started last)
+    <dir>/secrets/             0700; one 0600 file per generated secret (ops/secrets.py): mlflow-admin,
+                               mlflow-trainer, mlflow-reader, mlflow-flask-key, prefect-api
+    <dir>/mlflow/basic_auth.ini  MLflow's auth app settings (no password in it) and basic_auth.db, its users
 
-Clients need only the URLs (``client_env``): MLflow's artifacts go through its server, Prefect's through its API.
+Both servers authenticate every request: MLflow runs its ``basic-auth`` app (admin with a generated password; the
+``trainer`` identity logs runs, registers versions and moves aliases on what it created; ``reader`` and any other
+user only read), Prefect requires its API auth string. Clients need the URLs and their credentials
+(``client_env``): MLflow's artifacts go through its server, Prefect's through its API.
 """
 
 from __future__ import annotations
@@ -22,13 +28,20 @@ from pathlib import Path
 
 from catalog_classifier.config.params import REGISTRY_LOCK_URL_ENV, TUNE_STORAGE_ENV, Params
 from catalog_classifier.ops import dvc_ops
+from catalog_classifier.ops.exposure import require_loopback_or_auth
 from catalog_classifier.ops.postgres import USER, PostgresCluster
+from catalog_classifier.ops.secrets import ensure_secret, read_secret
 from catalog_classifier.ops.services import Service
 
 MLFLOW_DATABASE = "mlflow"
 PREFECT_DATABASE = "prefect"
 OPTUNA_DATABASE = "optuna"  # for studies shared by several tuning workers (tune.storage)
 SERVICES = ("mlflow", "prefect-server", "worker")
+MLFLOW_ADMIN = "admin"
+TRAINER = "trainer"  # the stack's clients: training, tuning, promotion (owner of the experiment and the model)
+READER = "reader"  # browses runs and models, changes nothing
+SOURCE_REGEX = r"^mlflow-artifacts:/(?!.*\.\.)[^#?\\]*$"
+SECRETS = ("mlflow-admin", "mlflow-trainer", "mlflow-reader", "mlflow-flask-key", "prefect-api")
 STATE_FILE = "stack.json"
 # Inherited variables that would point a service at another store or server than the stack's own.
 _FOREIGN_PREFIXES = ("PREFECT_", "MLFLOW_")
@@ -85,6 +98,47 @@ class StackPlan:
     def cluster(self) -> PostgresCluster:
         return PostgresCluster(self.dir / "postgres", self.postgres_port, host=_client_host(self.host))
 
+    # ---------------------------------------------------------------- who may reach what
+
+    def authentication(self, name: str) -> str | None:
+        """What authenticates the clients of a listening service; None: anyone who reaches its port."""
+        return {"postgres": "scram-sha-256 password (0600 file)", "mlflow": "MLflow basic-auth app",
+                "prefect-server": "Prefect API auth string"}.get(name)
+
+    # ---------------------------------------------------------------- secrets
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.dir / "secrets"
+
+    def secret_file(self, name: str) -> Path:
+        if name not in SECRETS:
+            raise KeyError(f"unknown stack secret {name!r}")
+        return self.secrets_dir / name
+
+    def secret(self, name: str) -> str:
+        """A generated secret of the stack (created 0600 on first use)."""
+        return ensure_secret(self.secret_file(name))
+
+    @property
+    def auth_config(self) -> Path:
+        return self.dir / "mlflow" / "basic_auth.ini"
+
+    def auth_config_text(self) -> str:
+        """MLflow's auth app settings: every user reads (default permission READ); what a user creates it manages;
+        the admin password comes from the environment (``MLFLOW_AUTH_ADMIN_PASSWORD``), never from this file."""
+        return ("[mlflow]\ndefault_permission = READ\n"
+                f"database_uri = sqlite:///{self.dir / 'mlflow' / 'basic_auth.db'}\n"
+                f"admin_username = {MLFLOW_ADMIN}\n"
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                "grant_default_workspace_access = false\n")
+
+    def check_exposure(self) -> None:
+        """Each listening service on loopback, or authenticated: checked before anything starts."""
+        for name, host, setting in (("postgres", self.host, "stack.host"), ("mlflow", self.host, "stack.host"),
+                                    ("prefect-server", self.prefect_host, "orchestration.server_host")):
+            require_loopback_or_auth(f"the stack's {name}", host, self.authentication(name), setting)
+
     # ---------------------------------------------------------------- URLs
 
     @property
@@ -113,7 +167,7 @@ class StackPlan:
             # The password reaches psycopg through PGPASSWORD (service_env), never the command line `ps` shows.
             backend = f"postgresql://{USER}@{_client_host(self.host)}:{self.postgres_port}/" \
                       f"{MLFLOW_DATABASE}"
-            return [tool_path("mlflow"), "server", "--backend-store-uri", backend,
+            return [tool_path("mlflow"), "server", "--app-name", "basic-auth", "--backend-store-uri", backend,
                     "--artifacts-destination", str(self.artifacts_dir), "--serve-artifacts",
                     "--host", self.host, "--port", str(self.mlflow_port), "--workers", str(self.mlflow_workers)]
         if name == "prefect-server":
@@ -135,11 +189,18 @@ class StackPlan:
             # MLflow 3's server job runner (GenAI jobs: prompt optimisation, trace rollups) starts eight more Python
             # processes, ~230 MB each; nothing here uses it.
             env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+            # A version's source must be in the server's own artifact store (no file:// path, no traversal): the
+            # class of MLflow's model-version source CVEs, closed here whatever the release.
+            env["MLFLOW_CREATE_MODEL_VERSION_SOURCE_VALIDATION_REGEX"] = SOURCE_REGEX
+            env.update(MLFLOW_AUTH_CONFIG_PATH=str(self.auth_config),
+                       MLFLOW_AUTH_ADMIN_PASSWORD=self.secret("mlflow-admin"),
+                       MLFLOW_FLASK_SERVER_SECRET_KEY=self.secret("mlflow-flask-key"))
         elif name == "prefect-server":
             env.update(PREFECT_HOME=str(self.dir / "prefect"),
                        PREFECT_API_DATABASE_CONNECTION_URL=self.cluster().url(PREFECT_DATABASE,
                                                                               driver="postgresql+asyncpg"),
-                       PREFECT_SERVER_ANALYTICS_ENABLED="false")
+                       PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                       PREFECT_SERVER_API_AUTH_STRING=self.secret("prefect-api"))
         elif name == "worker":
             env.update(self.client_env())
             env["PREFECT_HOME"] = str(self.dir / "worker")
@@ -160,7 +221,23 @@ class StackPlan:
         if cluster.password_file.is_file():
             env[REGISTRY_LOCK_URL_ENV] = cluster.url(MLFLOW_DATABASE)
             env[TUNE_STORAGE_ENV] = cluster.url(OPTUNA_DATABASE)
+        env.update(self.credential_env())
         return env
+
+    def credential_env(self) -> dict[str, str]:
+        """The trainer's MLflow credentials and Prefect's auth string, once the stack generated them."""
+        files = {"MLFLOW_TRACKING_PASSWORD": "mlflow-trainer", "PREFECT_API_AUTH_STRING": "prefect-api"}
+        env = {key: read_secret(self.secret_file(name)) for key, name in files.items()
+               if self.secret_file(name).is_file()}
+        if "MLFLOW_TRACKING_PASSWORD" in env:
+            env["MLFLOW_TRACKING_USERNAME"] = TRAINER
+        return env
+
+    def secret_env_files(self) -> dict[str, Path]:
+        """Variables of ``client_env`` whose value is a secret file's content (``stack env`` prints a read of the
+        file, never the secret)."""
+        return {"MLFLOW_TRACKING_PASSWORD": self.secret_file("mlflow-trainer"),
+                "PREFECT_API_AUTH_STRING": self.secret_file("prefect-api")}
 
     # ---------------------------------------------------------------- the record of a started stack
 

@@ -7,6 +7,7 @@ the worker (and the flow runs it started), the servers, then PostgreSQL, and lea
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import subprocess
@@ -18,14 +19,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from catalog_classifier.infra.composition import (
+    MLFLOW_ADMIN,
     MLFLOW_DATABASE,
     OPTUNA_DATABASE,
     PREFECT_DATABASE,
+    READER,
     SERVICES,
+    TRAINER,
     StackPlan,
     tool_path,
 )
-from catalog_classifier.ops.io import write_json
+from catalog_classifier.ops.io import write_json, write_text
+from catalog_classifier.ops.secrets import read_secret
 from catalog_classifier.ops.services import ServiceError, http_ok, port_in_use
 
 log = logging.getLogger(__name__)
@@ -56,10 +61,21 @@ class ServiceState:
 # -------------------------------------------------------------------- the Prefect API, plainly over HTTP
 
 
+def basic_auth(user: str, password: str) -> str:
+    """An HTTP ``Authorization`` header value (Prefect's auth string is sent as the whole ``user:password``)."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+def _prefect_auth(plan: StackPlan) -> dict[str, str]:
+    secret = plan.secret_file("prefect-api")
+    return {"Authorization": "Basic " + base64.b64encode(read_secret(secret).encode()).decode("ascii")} if (
+        secret.is_file()) else {}
+
+
 def _api(plan: StackPlan, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
     request = urllib.request.Request(f"{plan.prefect_api_url}{path}", method=method,
                                      data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **_prefect_auth(plan)})
     try:
         with urllib.request.urlopen(request, timeout=API_TIMEOUT_S) as answer:
             return answer.status, json.loads(answer.read() or b"null")
@@ -93,6 +109,40 @@ def ensure_work_pool(plan: StackPlan) -> str:
         raise ServiceError(f"prefect work-pool create {plan.work_pool} failed: "
                            f"{(done.stderr or done.stdout).strip()[-1500:]}")
     return "created"
+
+
+# -------------------------------------------------------------------- MLflow users
+
+
+def _mlflow_admin(plan: StackPlan, method: str, path: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{plan.mlflow_url}/api/2.0/mlflow/users/{path}", method=method,
+                                     data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": basic_auth(MLFLOW_ADMIN, plan.secret("mlflow-admin"))})
+    try:
+        with urllib.request.urlopen(request, timeout=API_TIMEOUT_S) as answer:
+            return answer.status, json.loads(answer.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        try:
+            return err.code, json.loads(err.read() or b"{}")
+        except ValueError:
+            return err.code, {}
+
+
+def ensure_mlflow_users(plan: StackPlan) -> None:
+    """The ``trainer`` and ``reader`` users, with the passwords of their secret files (a rotated file's new
+    password is set on the next ``up``). Neither is an admin; READ is every user's default permission."""
+    for user, secret in ((TRAINER, "mlflow-trainer"), (READER, "mlflow-reader")):
+        password = plan.secret(secret)
+        status, answer = _mlflow_admin(plan, "POST", "create", {"username": user, "password": password})
+        if status == 200:
+            continue
+        if answer.get("error_code") != "RESOURCE_ALREADY_EXISTS":
+            raise ServiceError(f"mlflow: creating user {user} failed (HTTP {status}, {answer.get('error_code')}): "
+                               f"is {plan.secret_file('mlflow-admin')} the admin password the server started with?")
+        status, answer = _mlflow_admin(plan, "PATCH", "update-password", {"username": user, "password": password})
+        if status != 200:
+            raise ServiceError(f"mlflow: setting {user}'s password failed (HTTP {status}, {answer.get('error_code')})")
 
 
 # -------------------------------------------------------------------- up / status / down
@@ -150,14 +200,19 @@ def _launch(plan: StackPlan, name: str) -> bool:
 
 def up(plan: StackPlan, report: Callable[[ServiceState], None] = lambda state: None) -> list[ServiceState]:
     """Start whatever part of the stack is not running, wait until each part answers, record the settings."""
+    plan.check_exposure()
     plan.dir.mkdir(parents=True, exist_ok=True)
     states = [_start_postgres(plan)]
     report(states[-1])
     # Both servers start at once (each spends its first 10-60 s importing and migrating its database).
+    plan.auth_config.parent.mkdir(parents=True, exist_ok=True)
+    write_text(plan.auth_config, plan.auth_config_text())
     started = {name: _launch(plan, name) for name in ("mlflow", "prefect-server")}
     for name in ("mlflow", "prefect-server"):
         service = plan.service(name)
         service.wait_ready(lambda name=name: _healthy(plan, name), plan.startup_timeout_s)
+        if name == "mlflow":
+            ensure_mlflow_users(plan)
         states.append(ServiceState(name, service.pid(), True, _address(plan, name),
                                    "started" if started[name] else "running"))
         report(states[-1])

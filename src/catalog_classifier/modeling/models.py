@@ -227,13 +227,50 @@ def save_classifier(model: Classifier, model_name: str, classes: list[str], path
     return config
 
 
+def _empty_classifier(config: dict[str, Any], config_path: Path) -> Classifier:
+    """The architecture a config names, built by this package's own code (timm), without weights."""
+    require_timm_model(config["model_name"], str(config_path))
+    backbone = timm.create_model(config["model_name"], pretrained=False, num_classes=len(config["classes"]))
+    return Classifier(backbone, DataConfig.from_dict(config))
+
+
 def load_classifier(path: Path) -> tuple[Classifier, dict[str, Any]]:
+    """A classifier from a state dict (``torch.load`` restricted to tensors) and the ``model_config.json`` beside it;
+    a ``.safetensors`` file is read without any unpickler at all."""
     from catalog_classifier.ops.io import read_json
 
+    if path.suffix == ".safetensors":
+        return load_classifier_safetensors(path)
     config = read_json(path.with_name("model_config.json"))
-    require_timm_model(config["model_name"], str(path.with_name("model_config.json")))
-    backbone = timm.create_model(config["model_name"], pretrained=False, num_classes=len(config["classes"]))
-    model = Classifier(backbone, DataConfig.from_dict(config))
+    model = _empty_classifier(config, path.with_name("model_config.json"))
     with weights_must_fit(config["model_name"], len(config["classes"]), path):
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval(), config
+
+
+def save_safetensors(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """Weights in safetensors (a JSON header and raw tensor bytes: nothing in it can run), written atomically."""
+    from safetensors.torch import save_file
+
+    from catalog_classifier.ops.io import atomic_path
+
+    # Own contiguous copies: safetensors refuses views and shared storage.
+    tensors = {key: value.detach().contiguous().clone() for key, value in state_dict.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+
+
+def load_classifier_safetensors(path: Path, config: dict[str, Any] | None = None) -> tuple[Classifier, dict[str, Any]]:
+    """A classifier from safetensors weights and its JSON config (default: ``model_config.json`` beside them).
+
+    Every key must be present and fit (strict load): a file for another architecture fails, never half-loads."""
+    from safetensors.torch import load_file
+
+    from catalog_classifier.ops.io import read_json
+
+    config_path = path.with_name("model_config.json")
+    config = read_json(config_path) if config is None else config
+    model = _empty_classifier(config, config_path)
+    with weights_must_fit(config["model_name"], len(config["classes"]), path):
+        model.load_state_dict(load_file(str(path), device="cpu"), strict=True)
     return model.eval(), config

@@ -33,7 +33,7 @@ from catalog_classifier.data.images import ImageLoadError, load_rgb, resize_to_a
 from catalog_classifier.data.imageset import ImageSet
 from catalog_classifier.modeling.calibration import calibrated_probabilities
 from catalog_classifier.modeling.conformal import join_set, set_labels
-from catalog_classifier.modeling.models import Classifier, load_classifier
+from catalog_classifier.modeling.models import Classifier, load_classifier, save_safetensors
 from catalog_classifier.modeling.training import predict_logits
 from catalog_classifier.ops.io import CorruptFileError, read_json, write_json
 from catalog_classifier.ops.progress import progress
@@ -45,7 +45,8 @@ TOP_K = 3
 # Extensions picked up when a folder is given; a file named explicitly is always tried, whatever its name.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 OUTPUT_COLUMNS = ["image", "label", "confidence", "top3", "needs_review", "prediction_set", "error"]
-WEIGHTS_FILE = "model.pt"
+WEIGHTS_FILE = "model.pt"  # the train stage's state dict (local pipeline outputs)
+SAFE_WEIGHTS_FILE = "weights.safetensors"  # what a classifier folder, and so the registry, carries
 CONFIG_FILE = "model_config.json"
 SETTINGS_FILE = "serving.json"
 AUTOLABEL_FILE = "autolabel.json"
@@ -126,11 +127,13 @@ def pipeline_inference_settings(params: Params) -> InferenceSettings:
 def write_classifier_dir(weights: Path, directory: Path, settings: InferenceSettings,
                          autolabel: Path | None = None) -> Path:
     """The self-contained folder a served model carries: weights, preprocessing config, inference settings and,
-    when given, the calibration (``autolabel.json``) its confidences and review flags come from."""
+    when given, the calibration (``autolabel.json``) its confidences and review flags come from.
+
+    Only data: the train stage's state dict is rewritten as safetensors (no pickle), the rest is JSON."""
     import shutil
 
     directory.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(weights, directory / WEIGHTS_FILE)
+    save_safetensors(torch.load(weights, map_location="cpu", weights_only=True), directory / SAFE_WEIGHTS_FILE)
     shutil.copyfile(weights.with_name(CONFIG_FILE), directory / CONFIG_FILE)
     write_json(directory / SETTINGS_FILE, settings.to_dict())
     if autolabel is not None:
@@ -170,7 +173,8 @@ class ImageClassifier:
     @classmethod
     def from_dir(cls, directory: Path | str) -> ImageClassifier:
         directory = Path(directory)
-        model, config = load_classifier(directory / WEIGHTS_FILE)
+        safe = directory / SAFE_WEIGHTS_FILE
+        model, config = load_classifier(safe if safe.is_file() else directory / WEIGHTS_FILE)
         settings_file = directory / SETTINGS_FILE
         settings = InferenceSettings.from_dict(read_json(settings_file)) if settings_file.is_file() else (
             InferenceSettings())

@@ -140,7 +140,10 @@ class PostgresCluster:
         if os.geteuid() == 0 and not self.log_file.exists():
             self.log_file.touch()
             subprocess.run(["chown", "postgres:", str(self.log_file)], check=True)
-        options = f"-p {self.port} -k {self.socket_dir} -c listen_addresses={self.host}"
+        # The local socket (trust auth) is for the server's own OS user only: mode 0700, like its folder.
+        options = (f"-p {self.port} -k {self.socket_dir} -c listen_addresses={self.host} "
+                   f"-c unix_socket_permissions=0700")
+        self.socket_dir.chmod(0o700)
         self._run([str(find_bindir() / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file), "-o", options,
                    "-w", "-t", str(timeout_s), "start"], as_server=True, timeout_s=timeout_s + 10)
 

@@ -4,6 +4,8 @@ server's (5xx answers, timeouts, refused connections: exit 75, the orchestrator 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -34,16 +36,35 @@ def classify_load_error(err: MlflowException, uri: str, tracking_uri: str) -> Ex
     return InputError(f"cannot load {uri}: {first_line}")
 
 
-def load_model_or_classify(uri: str, tracking_uri: str) -> Any:
-    """The served-model wrapper at ``uri`` (see ``registry.served.load_served_model``), failures classified."""
-    from catalog_classifier.registry.served import load_served_model
+@dataclass(frozen=True)
+class LoadedModel:
+    """A classifier loaded from data files only, and the folder they are in (hashed into a resume state)."""
 
+    classifier: Any  # modeling.prediction.ImageClassifier
+    directory: Path
+
+
+def load_model_or_classify(uri: str, tracking_uri: str, scratch: Path) -> LoadedModel:
+    """The classifier at ``uri``, loaded as data (safetensors + JSON, no pickle, no code), failures classified.
+
+    ``uri``: a registered version (``models:/<name>/<n>`` or ``models:/<name>@<alias>``), downloaded into
+    ``scratch`` and checked against the sha256 recorded at registration; or a local classifier folder of one's
+    own (the same data files; nothing vouches for them but the caller, nothing in them can run).
+    """
+    from catalog_classifier.modeling.prediction import ImageClassifier
+    from catalog_classifier.registry.artifact import check_names, fetch_verified
+
+    local = Path(uri)
+    if not uri.startswith("models:/") and local.is_dir():
+        check_names({path.name for path in local.iterdir()}, str(local))
+        return LoadedModel(ImageClassifier.from_dir(local), local)
     try:
-        return load_served_model(uri)
+        verified = fetch_verified(uri, scratch)
     except MlflowException as err:
         raise classify_load_error(err, uri, tracking_uri) from None
-    except OSError as err:  # a local path or file: URI that names nothing
+    except OSError as err:  # a file: URI or path that names nothing
         raise InputError(f"cannot load {uri}: {err}") from None
+    return LoadedModel(ImageClassifier.from_dir(verified.directory), verified.directory)
 
 
 def model_identity(served: Any) -> dict[str, str]:

@@ -10,6 +10,10 @@ version (``reuse_registered``); naming a model on the command line always regist
 Each version also gets a markdown description (:mod:`catalog_classifier.registry.descriptions`), rendered from
 its tags, so a reviewer reads the decision and its figures in the registry UI; a rollback renders it again.
 
+The registered version is data only (:mod:`catalog_classifier.registry.artifact`): safetensors weights, JSON
+configs and the training manifest, each file's sha256 recorded in the version's tags when it is created; the
+champion it is compared with is loaded through the same checks.
+
 The registered model carries its calibration (the evaluate stage's ``autolabel.json``: temperature and auto-label
 threshold), so whoever serves it gets calibrated confidences and review flags; the version's tags say which, and
 how much of the gate's images the challenger auto-labelled at that threshold.
@@ -37,6 +41,14 @@ from catalog_classifier.modeling.prediction import (
     write_classifier_dir,
 )
 from catalog_classifier.ops.io import read_json
+from catalog_classifier.registry.artifact import (
+    SHA256_TAG,
+    TRAIN_MANIFEST,
+    fetch_legacy_weights,
+    fetch_verified,
+    log_classifier_folder,
+    registration_tags,
+)
 from catalog_classifier.registry.descriptions import refresh_description
 from catalog_classifier.registry.gate import (
     AutolabelPromise,
@@ -47,7 +59,6 @@ from catalog_classifier.registry.gate import (
 )
 from catalog_classifier.registry.locking import choose_lock
 from catalog_classifier.registry.selection import weights_label
-from catalog_classifier.registry.served import TRAIN_MANIFEST, load_served_model, log_served_model
 from catalog_classifier.registry.tracking import data_version, git_tags, setup_mlflow
 from catalog_classifier.registry.versions import (
     CLASSIFIER_TAG,
@@ -151,15 +162,17 @@ def judge(project: Project, challenger: ImageClassifier, model_name: str, champi
     test = read_manifest(project, "test")
     champion_model = None
     champion_train = None
-    if champion is not None:
-        champion_model = load_served_model(f"models:/{params.registry.model_name}/{champion}")
-        if champion_model.training_manifest.is_file():
-            champion_train = _read_train_manifest(champion_model.training_manifest)
-        else:
-            log.warning("champion v%s carries no training manifest: judged on the whole test split", champion)
+    with tempfile.TemporaryDirectory(prefix="catalog-champion-") as folder:
+        if champion is not None:
+            directory = _champion_folder(params.registry.model_name, champion, Path(folder))
+            champion_model = ImageClassifier.from_dir(directory)
+            if (directory / TRAIN_MANIFEST).is_file():
+                champion_train = _read_train_manifest(directory / TRAIN_MANIFEST)
+            else:
+                log.warning("champion v%s carries no training manifest: judged on the whole test split", champion)
     shared, excluded = shared_test_images(test, champion_train)
     paths = [project.path(params.data.images_dir) / name for name in shared["image"]]
-    champion_labels = _labels(champion_model.classifier, paths) if champion_model is not None else None
+    champion_labels = _labels(champion_model, paths) if champion_model is not None else None
     truth = list(shared["label"])
     labels, confidences = _predictions(challenger, paths)
     auto = autolabel_figures(truth, labels, confidences, challenger.calibration.threshold)
@@ -181,6 +194,20 @@ def judge(project: Project, challenger: ImageClassifier, model_name: str, champi
                                 challenger_autolabel_threshold=challenger.calibration.threshold,
                                 challenger_autolabel_target_precision=challenger.calibration.target_precision)
     return decision, excluded
+
+
+def _champion_folder(name: str, champion: str, folder: Path) -> Path:
+    """The champion's data files, verified against its recorded hashes; a champion registered before artifacts
+    became data only is read as data (state dict under ``weights_only``, JSON), never through its code."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    version = client.get_model_version(name, champion)
+    if SHA256_TAG in (version.tags or {}):
+        return fetch_verified(f"models:/{name}/{champion}", folder, client).directory
+    log.warning("champion v%s predates data-only registry artifacts: its weights are read as data (no code run, "
+                "torch.load weights_only) but no sha256 vouches for them; serve and predict refuse it", champion)
+    return fetch_legacy_weights(version, folder)
 
 
 def require_configured(project: Project, model_name: str) -> None:
@@ -221,7 +248,6 @@ def promote(project: Project, model_name: str, run_id: str, *, dry_run: bool = F
         # a lock database that is down, fails the command with nothing written.
         lock = choose_lock(mlflow.get_registry_uri(), project.root, params.registry, "promote")
         lock.check()
-        example = project.path(params.data.images_dir) / read_manifest(project, "test")["image"].iloc[0]
         with lock.held():
             # Read the champion only once the lock is held: a concurrent promote may just have moved it.
             champion = champion_version(client, name)
@@ -230,30 +256,18 @@ def promote(project: Project, model_name: str, run_id: str, *, dry_run: bool = F
                 return unchanged_report(name, str(existing.version), existing.tags or {}, champion,
                                         {**context, **facts})
             decision, excluded = judge(project, challenger, model_name, champion)
+            # Logged only now (lock held, gate decided): a promote that times out on the lock logs nothing, and
+            # the folder is content-addressed, so a retry of a failed registration writes the same folder again.
             with mlflow.start_run(run_id=run_id):
-                served = log_served_model(classifier_dir, example)
-            try:
-                version = register_challenger(client, name, served.model_uri, run_id, context,
-                                              model_id=served.model_id).version
-            except BaseException:
-                _forget_logged_model(client, served.model_id)
-                raise
+                source, hashes = log_classifier_folder(classifier_dir)
+            version = register_challenger(client, name, source, run_id,
+                                          {**context, **registration_tags(hashes)}).version
             tags = version_tags(decision.to_dict(), {**context, "decided_at": now(),
                                                      **{key: str(value) for key, value in facts.items()},
                                                      **calibration_tags(challenger.calibration, decision.figures)})
             record_decision(client, name, str(version), decision.promote, tags)
             refresh_description(client, name, str(version))
     return _report(name, str(version), champion, decision, excluded, {**context, **facts}, dry_run=False)
-
-
-def _forget_logged_model(client: Any, model_id: str | None) -> None:
-    """Delete a logged model no version came to serve (registration failed), so a retry leaves one, not two."""
-    if model_id is None:
-        return
-    try:
-        client.delete_logged_model(model_id)
-    except Exception as err:  # the registration error is the one to report; this is only housekeeping
-        log.warning("logged model %s was not registered and could not be deleted (%s)", model_id, err)
 
 
 # Tags of a version that are not figures of its gate decision (context, facts, calibration, registry events).

@@ -1,9 +1,5 @@
-"""The served model: an MLflow pyfunc that takes base64-encoded images and answers label, calibrated confidence,
-top-3 and whether the label needs a human review.
-
-The pipeline's "model" artifact (pytorch flavour) takes float tensors, which no HTTP client should have to
-build. This wrapper carries the same weights with their own preprocessing config, so a request is just the
-image file's bytes, base64-encoded, in a column named ``image``:
+"""The served model: base64-encoded images in; label, calibrated confidence, top-3 and whether the label needs a
+human review out, behind ``mlflow models serve``'s HTTP contract:
 
     POST /invocations  {"dataframe_records": [{"image": "<base64 of the JPEG/PNG file>"}, ...]}
     -> {"predictions": [{"label": ..., "confidence": ..., "top3": "label:p;label:p;label:p",
@@ -14,9 +10,11 @@ image file's bytes, base64-encoded, in a column named ``image``:
 ``autolabel.target_precision`` on validation; ``prediction_set`` is the conformal set (the model's quantile) a
 reviewer chooses from. An unreadable image has ``confidence`` null, ``needs_review`` true, an empty set.
 
-It is logged as "model from code" (``served_model.py``, no pickle) and the class lives in the package, so it
-loads wherever ``catalog_classifier`` is importable: in this project's virtual environment, which is what
-``mlflow models serve --env-manager local`` uses (offline: nothing is installed at serve time).
+Nothing the server runs comes from the registry: ``serve`` downloads the champion's data files and checks their
+hashes (:mod:`catalog_classifier.registry.artifact`), then writes a *local* pyfunc folder whose MLmodel names this
+module as its ``loader_module`` (``_load_pyfunc``: the package's own code, importable in this virtual environment,
+which is what ``mlflow models serve --env-manager local`` uses; offline, nothing installed at serve time). The
+server runs with ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``.
 """
 
 from __future__ import annotations
@@ -35,13 +33,12 @@ import pandas as pd
 
 from catalog_classifier.modeling.conformal import split_set
 from catalog_classifier.modeling.prediction import OUTPUT_COLUMNS, ImageClassifier
+from catalog_classifier.registry.artifact import check_names
 
 log = logging.getLogger(__name__)
 
-SERVED_MODEL_NAME = "served_model"
-ARTIFACT_KEY = "classifier"
 INPUT_COLUMN = "image"
-TRAIN_MANIFEST = "train_manifest.csv"
+NO_PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 RESPONSE_COLUMNS = [column for column in OUTPUT_COLUMNS if column != "image"]
 # Recorded with the model for other environments; the local env manager installs nothing.
 REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "pandas", "numpy", "pillow", "scikit-learn", "pydantic",
@@ -58,19 +55,16 @@ def decode_base64(value: Any) -> bytes | None:
         return None
 
 
-class CatalogClassifierModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper: a DataFrame with a base64 ``image`` column in, one prediction row per image out."""
+class CatalogClassifierModel:
+    """A verified classifier folder behind the pyfunc interface: a DataFrame with a base64 ``image`` column in,
+    one prediction row per image out."""
 
-    def load_context(self, context: Any) -> None:
-        self.directory = Path(context.artifacts[ARTIFACT_KEY])
-        self.classifier = ImageClassifier.from_dir(self.directory)
+    def __init__(self, directory: Path) -> None:
+        check_names({path.name for path in directory.iterdir()}, str(directory))
+        self.directory = directory
+        self.classifier = ImageClassifier.from_dir(directory)
 
-    @property
-    def training_manifest(self) -> Path:
-        """The manifest of the images this model was trained on (the gate excludes them from its test set)."""
-        return self.directory / TRAIN_MANIFEST
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(self, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         if INPUT_COLUMN not in model_input:
             raise ValueError(f"the request needs a column named {INPUT_COLUMN!r} holding base64-encoded images")
         cells = list(model_input[INPUT_COLUMN])
@@ -82,6 +76,11 @@ class CatalogClassifierModel(mlflow.pyfunc.PythonModel):
         frame["needs_review"] = frame["needs_review"].astype(bool)
         frame["prediction_set"] = frame["prediction_set"].map(split_set)  # a JSON list of labels
         return frame[RESPONSE_COLUMNS]
+
+
+def _load_pyfunc(data_path: str) -> CatalogClassifierModel:
+    """MLflow's ``loader_module`` entry point for the local pyfunc folder :func:`write_local_pyfunc` writes."""
+    return CatalogClassifierModel(Path(data_path))
 
 
 def _requirements() -> list[str]:
@@ -107,28 +106,12 @@ def _signature() -> Any:
     )
 
 
-def log_served_model(classifier_dir: Path, example_image: Path) -> Any:
-    """Log the pyfunc in the active run from a folder made by ``predict.write_classifier_dir``; returns ModelInfo."""
-    classifier = ImageClassifier.from_dir(classifier_dir)
-    example = pd.DataFrame({INPUT_COLUMN: [base64.b64encode(example_image.read_bytes()).decode("ascii")]})
-    return mlflow.pyfunc.log_model(
-        name=SERVED_MODEL_NAME,
-        python_model=str(Path(__file__).with_name("served_model.py")),
-        artifacts={ARTIFACT_KEY: str(classifier_dir)},
-        signature=_signature(),
-        input_example=example,
-        pip_requirements=_requirements(),
-        metadata={"classes": classifier.classes, "model_name": classifier.config["model_name"],
-                  "request": f"base64-encoded image file bytes in column {INPUT_COLUMN!r}",
-                  "temperature": classifier.calibration.temperature,
-                  "autolabel_threshold": classifier.calibration.threshold,
-                  "set_quantile": classifier.calibration.set_quantile, "set_alpha": classifier.calibration.set_alpha},
-    )
-
-
-def load_served_model(model_uri: str) -> CatalogClassifierModel:
-    """The wrapper itself (not the pyfunc shell), to predict on files without base64 round trips."""
-    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+def write_local_pyfunc(verified: Path, destination: Path) -> Path:
+    """A pyfunc folder on this machine around a verified classifier folder: its MLmodel names this module (the
+    package's code) as loader, so ``mlflow models serve`` runs nothing that came from the registry."""
+    mlflow.pyfunc.save_model(path=str(destination), loader_module=__name__, data_path=str(verified),
+                             signature=_signature(), pip_requirements=_requirements())
+    return destination
 
 
 def serve_command(model_uri: str, host: str, port: int) -> list[str]:
@@ -143,6 +126,6 @@ def exec_server(model_uri: str, tracking_uri: str, host: str, port: int) -> None
     # mlflow starts `uvicorn` by name: this interpreter's bin/ first, even when the venv is not activated.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     environment = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": tracking_uri,
-                   "MLFLOW_REGISTRY_URI": tracking_uri}
+                   "MLFLOW_REGISTRY_URI": tracking_uri, NO_PICKLE_ENV: "false"}
     print("serving: " + " ".join(command), file=sys.stderr, flush=True)
     os.execve(command[0], command, environment)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -60,9 +61,14 @@ def check_server(uri: str) -> None:
             "start it (make ui) or unset MLFLOW_TRACKING_URI to use the local store"
         ) from None
     # /health does not touch the backend store: one cheap read that does.
+    # With the client's own credentials (an authenticating server answers 401 to an anonymous probe before it
+    # would touch its store): the ones MLflow's client sends, from the environment.
+    headers = {"Content-Type": "application/json"}
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
     probe = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search", method="POST",
-                                   data=json.dumps({"max_results": 1}).encode(),
-                                   headers={"Content-Type": "application/json"})
+                                   data=json.dumps({"max_results": 1}).encode(), headers=headers)
     try:
         with urllib.request.urlopen(probe, timeout=SERVER_PROBE_TIMEOUT_S):
             pass

@@ -48,11 +48,9 @@ def selected_model(project: Project) -> str:
 
 
 def _served_folder(project: Project, model_name: str, classifier: Any, folder: Path) -> Path:
-    """The served pyfunc of these weights, saved locally (what ``predict --model-uri`` loads)."""
-    import mlflow
-
+    """The classifier folder of these weights (data files, as a registered version holds them), saved locally:
+    what ``predict --model-uri`` loads."""
     from catalog_classifier.modeling.models import save_classifier
-    from catalog_classifier.registry import served
 
     weights = project.weights(model_name)
     if not weights.is_file():
@@ -62,10 +60,7 @@ def _served_folder(project: Project, model_name: str, classifier: Any, folder: P
     autolabel = project.autolabel(model_name)
     directory = write_classifier_dir(weights, folder / "classifier", pipeline_inference_settings(project.params),
                                      autolabel if autolabel.is_file() else None)
-    target = folder / "pyfunc"
-    mlflow.pyfunc.save_model(path=str(target), python_model=str(Path(served.__file__).with_name("served_model.py")),
-                             artifacts={served.ARTIFACT_KEY: str(directory)})
-    return target
+    return directory
 
 
 def end_to_end(project: Project, pyfunc: Path, images: list[Path], rows: int, runtime: str,

@@ -1,8 +1,13 @@
-"""Entry points that use a registered model: batch ``predict`` (files, folders or a CSV), and the HTTP model server."""
+"""Entry points that use a registered model: batch ``predict`` (files, folders or a CSV), and the HTTP model server.
+
+Both load a version through :func:`catalog_classifier.registry.artifact.fetch_verified`: data files only, each
+checked against the sha256 recorded at registration; both run with MLflow's pickle deserialisation disabled.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -37,19 +42,21 @@ def run_predict(project: Project, sources: Sequence[str], uri: str, output: Path
     from catalog_classifier.modeling.inference_runtime import ONNX, choose_runtime
     from catalog_classifier.modeling.onnx_runtime import with_onnx
     from catalog_classifier.registry.model_access import classify_load_error, load_model_or_classify
+    from catalog_classifier.registry.served import NO_PICKLE_ENV
     from catalog_classifier.registry.tracking import resolve_tracking_uri
 
     # Before loading the model: a bad input fails at once.
     batch = read_inputs(sources, parse_row_range(rows) if rows else None)
+    os.environ[NO_PICKLE_ENV] = "false"  # nothing here unpickles; no MLflow loader may either
     tracking_uri = resolve_tracking_uri(project.params.mlflow, project.root)
     try:
         setup_mlflow(project.params.mlflow, project.root)
     except MlflowException as err:
         raise classify_load_error(err, uri, tracking_uri) from None
-    served = load_model_or_classify(uri, tracking_uri)
     settings = project.params.batch_predict
     runtime = choose_runtime(settings.runtime, project.path(project.params.bench.out_dir) / PREDICT_BENCH, "batch")
     with tempfile.TemporaryDirectory(prefix="catalog-predict-") as scratch:
+        served = load_model_or_classify(uri, tracking_uri, Path(scratch) / "model")
         classifier = (with_onnx(served.classifier, served.directory, Path(scratch)) if runtime == ONNX
                       else served.classifier)
         return _predict_with(classifier, served, batch, uri, output, settings, resume)
@@ -94,18 +101,27 @@ def _predict_with(classifier: Any, served: Any, batch: Any, uri: str, output: Pa
 
 
 def run_serve(project: Project, host: str, port: int) -> None:
-    """Serve the champion with ``mlflow models serve --env-manager local`` (replaces this process)."""
+    """Serve the champion with ``mlflow models serve --env-manager local`` (replaces this process): its data files,
+    verified, inside a pyfunc folder written here whose loader is the package's own code."""
     import mlflow
 
-    from catalog_classifier.registry.served import exec_server
+    from catalog_classifier.ops.exposure import require_loopback_or_auth
+    from catalog_classifier.registry.artifact import fetch_verified
+    from catalog_classifier.registry.served import exec_server, write_local_pyfunc
     from catalog_classifier.registry.versions import champion_version
 
+    # mlflow models serve answers anyone who reaches its port: loopback only, checked before anything is loaded.
+    require_loopback_or_auth("the model server", host, None, "serve --host")
     setup_mlflow(project.params.mlflow, project.root)
     name = project.params.registry.model_name
     version = champion_version(mlflow.MlflowClient(), name)
     if version is None:
         raise FileNotFoundError(f"registered model {name!r} has no champion yet: run `dvc repro` "
                                 "(promote stage) or `catalog-classifier promote`")
+    # The version, not the alias: what runs is fixed for the server's lifetime and says so in its logs. The folder
+    # outlives this process (it becomes the server); it sits in the system's temporary directory.
+    folder = Path(tempfile.mkdtemp(prefix="catalog-serve-"))
+    verified = fetch_verified(f"models:/{name}/{version}", folder / "classifier")
+    local = write_local_pyfunc(verified.directory, folder / "pyfunc")
     print(f"serving {name} v{version} (champion) on http://{host}:{port}/invocations", file=sys.stderr)
-    # The version, not the alias: what runs is fixed for the server's lifetime and says so in its logs.
-    exec_server(f"models:/{name}/{version}", mlflow.get_tracking_uri(), host, port)
+    exec_server(str(local), mlflow.get_tracking_uri(), host, port)

@@ -44,6 +44,10 @@ def run_ray_serve(project: Project, host: str, port: int) -> None:
     """Serve until interrupted; poll the alias every ``serve.reload_poll_s`` and redeploy when it moves."""
     import mlflow
 
+    from catalog_classifier.ops.exposure import require_loopback_or_auth
+
+    # The endpoint has no authentication of its own: loopback only, checked before anything starts.
+    require_loopback_or_auth("the model server", host, None, "serve --host")
     setup_mlflow(project.params.mlflow, project.root)
     tracking_uri = mlflow.get_tracking_uri()
     client = mlflow.MlflowClient()

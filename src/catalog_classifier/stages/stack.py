@@ -25,12 +25,13 @@ from catalog_classifier.infra.composition import (
     uncommitted_changes,
 )
 from catalog_classifier.ops import dvc_ops
+from catalog_classifier.ops.exposure import ExposureError
 from catalog_classifier.ops.postgres import PostgresError
 from catalog_classifier.ops.services import ServiceError, http_ok
 
 # Errors that end a stack command with one line (exit 2): a setting to change, a port taken, a service that
 # would not start (its log's tail is in the message).
-STACK_ERRORS = (ServiceError, StackConfigError, PostgresError)
+STACK_ERRORS = (ServiceError, StackConfigError, PostgresError, ExposureError)
 EXIT_NOT_RUNNING = 3  # `stack status` when some part is down (the LSB convention for "not running")
 PREFECT_FILE = "prefect.yaml"
 
@@ -74,8 +75,20 @@ def _command() -> str:
 
 
 def env_lines(plan: StackPlan) -> str:
-    """``export`` lines for a shell (``eval "$(catalog-classifier stack env)"``)."""
-    lines = [f"export {key}={shlex.quote(value)}" for key, value in plan.client_env().items()]
+    """``export`` lines for a shell (``eval "$(catalog-classifier stack env)"``). A generated credential is printed
+    as a read of its 0600 file, never as its value: the output can be shown, logged or pasted safely."""
+    files = plan.secret_env_files()
+    cluster = plan.cluster()
+    password = cluster.password() if cluster.password_file.is_file() else None
+    read_password = f"$(cat {shlex.quote(str(cluster.password_file))})"
+    lines = []
+    for key, value in plan.client_env().items():
+        if key in files:
+            lines.append(f"export {key}=\"$(cat {shlex.quote(str(files[key]))})\"")
+        elif password and password in value:  # a database URL: its password read from the file when evaluated
+            lines.append(f"export {key}=\"{value.replace(password, read_password)}\"")
+        else:
+            lines.append(f"export {key}={shlex.quote(value)}")
     if not plan.cluster().password_file.is_file():
         lines.append("# the stack has not been started in this folder yet: make stack")
     return "\n".join(lines) + "\n"
@@ -91,6 +104,8 @@ def run_deploy(project: Project, plan: StackPlan) -> None:
               flush=True)
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
     env.update(values)
+    # The server's API auth string (read from its 0600 file), never on the command line.
+    env.update({key: value for key, value in plan.credential_env().items() if key.startswith("PREFECT_")})
     env["PREFECT_HOME"] = str(plan.dir / "worker")  # the deploying client's own state stays inside the stack folder
     print(f"deploying {project.root / PREFECT_FILE} to {plan.prefect_api_url}: pool {values['CATALOG_WORK_POOL']}, "
           f"code {values['CATALOG_REPOSITORY']} @ {values['CATALOG_BRANCH']}, data {values['CATALOG_DVC_REMOTE']}, "
@@ -129,6 +144,8 @@ def run_bench_stack(project: Project) -> dict[str, Any]:
     from catalog_classifier.ops.io import write_json
 
     plan = current_plan(project.params, project.root)
+    # MLflow's client reads the trainer's credentials from the environment (the server refuses anonymous calls).
+    os.environ.update({key: value for key, value in plan.credential_env().items() if key.startswith("MLFLOW_")})
     result = bench_logging(plan, project.params.bench)
     out = project.path(project.params.bench.out_dir) / "stack.json"
     write_json(out, result)
