@@ -142,7 +142,7 @@ def test_a_torn_last_line_is_cut_and_a_partial_of_other_inputs_is_refused(catalo
     partial, state_file = partial_paths(output)
     state = {"inputs": ["todo.csv"], "model_uri": "m", "model": {}}
     handle, done = open_output(output, state, True, iter([]))
-    handle.write("image,label,confidence,top3,needs_review,error\na.png,x,0.9,x:0.9,False,\n")
+    handle.write("image,label,confidence,top3,needs_review,prediction_set,error\na.png,x,0.9,x:0.9,False,x,\n")
     handle.close()
     rows = iter([InputRow("a.png", None), InputRow("b.png", None)])
     handle, done = open_output(output, state, True, rows)
@@ -318,13 +318,13 @@ def test_shards_cover_the_rows_in_order_and_merge_back_in_order(tmp_path: Path) 
     for bad in ("8:4", "x:2", "5", "-1:3"):
         with pytest.raises(InputError, match="expected START:STOP"):
             parse_row_range(bad)
-    header = "image,label,confidence,top3,needs_review,error\n"
+    header = "image,label,confidence,top3,needs_review,prediction_set,error\n"
     parts = [tmp_path / "0.csv", tmp_path / "1.csv"]
-    parts[0].write_text(header + "a.png,x,0.9,x:0.9,False,\nb.png,,,,True,missing file\n")
-    parts[1].write_text(header + "c.png,y,0.5,y:0.5,True,\n")
+    parts[0].write_text(header + "a.png,x,0.9,x:0.9,False,x,\nb.png,,,,True,,missing file\n")
+    parts[1].write_text(header + "c.png,y,0.5,y:0.5,True,y|x,\n")
     assert merge_outputs(parts, tmp_path / "all.csv") == 3
-    assert (tmp_path / "all.csv").read_text() == header + ("a.png,x,0.9,x:0.9,False,\nb.png,,,,True,missing file\n"
-                                                           "c.png,y,0.5,y:0.5,True,\n")
+    assert (tmp_path / "all.csv").read_text() == header + ("a.png,x,0.9,x:0.9,False,x,\nb.png,,,,True,,missing file\n"
+                                                           "c.png,y,0.5,y:0.5,True,y|x,\n")
     rows = [row.name for row in read_inputs([tmp_path / "rows.csv"], (1, 3)).rows()] if (
         (tmp_path / "rows.csv").write_text("image\np.png\nq.png\nr.png\ns.png\n")) else []
     assert rows == ["q.png", "r.png"]

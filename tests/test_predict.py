@@ -98,11 +98,12 @@ STUB_ROWS = [("photos/a.png", "Baby Care"), ("photos/missing.png", "Watches"), (
 @pytest.fixture
 def stub_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     """The CLI's predict with the stub classifier in place of a registered model; returns what it needs."""
-    import catalog_classifier.registry.artifact as artifact
+    import catalog_classifier.registry.model_access as model_access
     import catalog_classifier.stages.serve as serve
 
     classifier = stub_classifier()
-    monkeypatch.setattr(artifact, "load_champion", lambda uri: (classifier, classifier.config))
+    monkeypatch.setattr(model_access, "load_model_or_classify",
+                        lambda uri, tracking_uri, scratch: model_access.LoadedModel(classifier, tmp_path / "photos"))
     monkeypatch.setattr(serve, "setup_mlflow", lambda *args: None)
     write_stub_images(tmp_path)
     csv = tmp_path / "todo.csv"
@@ -160,10 +161,10 @@ def test_the_served_model_answers_prediction_sets_as_lists(tmp_path: Path) -> No
     from catalog_classifier.registry.served import CatalogClassifierModel
 
     write_stub_images(tmp_path)
-    served = CatalogClassifierModel()
+    served = CatalogClassifierModel.__new__(CatalogClassifierModel)  # the wrapper around the stub (no folder)
     served.classifier = stub_classifier()
     cells = [base64.b64encode((tmp_path / "photos" / f"{name}.png").read_bytes()).decode() for name in "ce"]
-    answer = served.predict(None, pd.DataFrame({"image": [*cells, "not base64!"]}))
+    answer = served.predict(pd.DataFrame({"image": [*cells, "not base64!"]}))
     assert answer["prediction_set"].tolist() == [["Computers", "Watches"], ["Computers", "Baby Care"], []]
     assert json.loads(answer.to_json(orient="records"))[0]["prediction_set"] == ["Computers", "Watches"]
 

@@ -144,9 +144,10 @@ def test_a_new_data_version_reruns_every_stage_reading_the_data(project: Path, t
     md5 = pointer.read_text().split("md5: ")[1].split()[0]
     pointer.write_text(pointer.read_text().replace(md5, "0" * 32 + ".dir"))  # a new commit of data.dvc
     plan = plan_retraining(read_pipeline(clone), recorded(before), "the record")
-    # Every stage that lists a file under data/ (split, train, evaluate, explain, promote) reruns; the rest follows.
-    assert set(plan.changed) == {"split", "promote", *(f"{kind}@{model}" for kind in ("train", "evaluate", "explain")
-                                                       for model in MODELS)}
+    # Every stage that lists a file under data/ (split, train, evaluate, explain, promote, and report for its
+    # near-duplicate thumbnails) reruns; the rest follows.
+    assert set(plan.changed) == {"split", "promote", "report", *(
+        f"{kind}@{model}" for kind in ("train", "evaluate", "explain") for model in MODELS)}
     split = next(v for v in plan.verdicts if v.stage == "split")
     assert f"data/Images data.dvc md5 {md5} -> data.dvc md5 {'0' * 32}.dir" in split.reasons
 
