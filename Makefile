@@ -53,7 +53,7 @@ postgres: ## PostgreSQL server binaries (apt-get install postgresql when missing
 	@ls /usr/lib/postgresql/*/bin/pg_ctl 2>/dev/null || command -v pg_ctl
 
 TEST_WORKERS ?= 2
-test: data browser postgres ## run the test suite (tiny configurations, one pytest worker per core: TEST_WORKERS=2)
+test: data browser postgres ## run the test suite (tiny configurations, TEST_WORKERS pytest workers, default 2)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: data ## speed: training/inference vs a naive loop and the matmul peak (BENCH_ARGS=--quick for a smoke run)
