@@ -142,8 +142,9 @@ def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> sub
 # would otherwise start with the files holding the most tests), the long DVC/server files start at once and the
 # many short unit tests fill in at the end, instead of one long file finishing alone on one core.
 LONGEST_FIRST = (
-    "test_flows.py", "test_stack.py", "test_faults.py", "test_registry.py", "test_serve_engine.py", "test_serve.py",
-    "test_explain_dvc.py",
+    "test_stack.py", "test_flows.py", "test_batch_label_flow.py", "test_faults.py", "test_registry.py",
+    "test_serve_engine.py", "test_serve.py", "test_explain_dvc.py", "test_registry_state.py", "test_batch_predict.py",
+    "test_registry_artifact.py",
     "test_registry_lock.py", "test_tune_shared.py", "test_tune.py", "test_pipeline_dvc.py",
     "test_report_browser.py", "test_mlflow_runs_view.py", "test_registry_faults.py", "test_bench.py",
     "test_explain.py", "test_frozen_stage.py", "test_report.py", "test_run_cache.py", "test_reproducibility.py",
