@@ -59,7 +59,8 @@ def test_the_served_champion_classifies_a_posted_image(tiny_pipeline: Path, tmp_
     finally:
         stop_process_group(server)
 
-    assert set(predictions[0]) == {"label", "confidence", "top3", "needs_review", "error"}
+    assert set(predictions[0]) == {"label", "confidence", "top3", "needs_review", "prediction_set", "error"}
+    assert isinstance(predictions[0]["prediction_set"], list)  # its content: tests/test_predict.py
     assert predictions[0]["label"] == expected["pred_label"]
     assert isinstance(predictions[0]["confidence"], float)
     assert predictions[0]["confidence"] == pytest.approx(probabilities.max(), abs=1e-5)  # calibrated
@@ -69,5 +70,5 @@ def test_the_served_champion_classifies_a_posted_image(tiny_pipeline: Path, tmp_
     assert [label for label, _ in top3] == list(probabilities.sort_values(ascending=False).index[:3])
     assert top3[0][1] == pytest.approx(predictions[0]["confidence"], abs=1e-6)
     assert predictions[1] == {"label": "", "confidence": None, "top3": "", "needs_review": True,
-                              "error": "not valid base64"}
+                              "prediction_set": [], "error": "not valid base64"}
     assert f"{NAME} v1 (champion)" in log.read_text()
