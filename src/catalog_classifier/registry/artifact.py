@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from catalog_classifier.data.images import file_sha256
 from catalog_classifier.modeling.prediction import (
     AUTOLABEL_FILE,
     CONFIG_FILE,
@@ -74,21 +75,13 @@ class VerifiedArtifact:
         return self.directory / TRAIN_MANIFEST
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def folder_hashes(directory: Path) -> dict[str, str]:
     """sha256 of each file of a classifier folder about to be registered; refuses a folder that is not data only."""
     names = {path.name for path in directory.iterdir()}
     check_names(names, f"{directory}")
     if any(not (directory / name).is_file() for name in names):
         raise UnsafeArtifactError(f"{directory}: a registered folder holds plain files only")
-    return {name: sha256_of(directory / name) for name in sorted(names)}
+    return {name: file_sha256(directory / name) for name in sorted(names)}
 
 
 def check_names(names: set[str], where: str, expected: set[str] | None = None) -> None:
@@ -177,7 +170,7 @@ def fetch_verified(model_uri: str, destination: Path, client: MlflowClient | Non
     for name, expected in sorted(hashes.items()):
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{version.source.rstrip('/')}/{name}",
                                                          dst_path=str(destination)))
-        actual = sha256_of(local)
+        actual = file_sha256(local)
         if actual != expected:
             local.unlink()
             raise UnsafeArtifactError(f"{where}: {name} has sha256 {actual[:16]}…, but {expected[:16]}… was "
