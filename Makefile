@@ -11,8 +11,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
 .PHONY: help install data browser postgres run report test lint ui tune serve bench pipeline-flow prefect-server \
-	retrain-schedule stack stack-down stack-status deploy bench-stack bench-tune bench-predict bench-serve serve-mlflow \
-	clean-venv
+	retrain-schedule stack stack-down stack-status deploy bench-stack bench-tune bench-predict bench-batch-label bench-serve \
+	serve-mlflow clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  make %-18s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ bench: data ## speed: training/inference vs a naive loop and the matmul peak (BE
 bench-predict: data ## prediction runtimes (torch vs ONNX Runtime), ONNX parity, batch predict images/s + peak RSS
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro split
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/catalog-classifier bench-predict $(BENCH_ARGS)
+
+bench-batch-label: data ## the batch-label flow (Dask) with 1 and 2 local workers: images/s (MODEL_URI=models:/..)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m flows.batch_label --bench $(if $(MODEL_URI),--model-uri $(MODEL_URI))
 
 bench-tune: data postgres ## tuning trials/hour with 1..N workers, Optuna storage cost per trial: sqlite vs PostgreSQL
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro split

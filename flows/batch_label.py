@@ -131,10 +131,51 @@ def run_batch_label(params_file: str, catalogue: str, output: str, model_uri: st
         output=str(Path(output).resolve()), model_uri=model_uri, shard_rows=shard_rows or settings.shard_rows)
 
 
+def bench(params_file: str, model_uri: str | None) -> list[dict[str, Any]]:
+    """``make bench-batch-label``: the flow on ``batch_predict.bench_label_rows`` rows (the images listed over and
+    over), once per local worker count; prints a table and writes ``<bench.out_dir>/batch_label.json``."""
+    import os
+    import tempfile
+
+    from catalog_classifier.config.layout import Project
+    from catalog_classifier.modeling.bench_suite import cpu_name
+    from catalog_classifier.modeling.predict_bench import write_repeated_csv
+    from catalog_classifier.ops.io import write_json
+
+    project = Project.load(params_file)
+    settings = project.params.batch_predict
+    images = sorted(project.path(project.params.data.images_dir).glob("*.jpg"))
+    rows = settings.bench_label_rows
+    shard_rows = max(1, -(-rows // (2 * max(settings.bench_label_workers))))  # two shards per worker at least
+    figures = []
+    with tempfile.TemporaryDirectory(prefix="bench-batch-label-") as scratch:
+        catalogue = write_repeated_csv(Path(scratch) / "catalogue.csv", images, rows)
+        for workers in settings.bench_label_workers:
+            load = os.getloadavg()[0]
+            started = time.perf_counter()
+            result = run_batch_label(params_file, str(catalogue), str(Path(scratch) / f"labelled_{workers}.csv"),
+                                     model_uri, workers, None, shard_rows)
+            wall = time.perf_counter() - started
+            figures.append({"workers": workers, "rows": result["rows"], "shards": result["shards"],
+                            "flow_s": result["seconds"], "wall_s": wall, "images_per_s": result["images_per_s"],
+                            "images_per_s_with_startup": result["rows"] / wall, "loadavg_start": load})
+    lines = [f"CPU {cpu_name()}, {os.cpu_count()} cores; {rows} rows in shards of {shard_rows}", "",
+             "| workers | shards | images/s (shards) | images/s with start-up | wall s | load avg at start |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {f['workers']} | {f['shards']} | {f['images_per_s']:.1f} | {f['images_per_s_with_startup']:.1f} | "
+              f"{f['wall_s']:.1f} | {f['loadavg_start']:.2f} |" for f in figures]
+    print("\n".join(lines))
+    write_json(project.path(project.params.bench.out_dir) / "batch_label.json",
+               {"cpu": cpu_name(), "rows": rows, "shard_rows": shard_rows, "runs": figures})
+    return figures
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.batch_label", description=__doc__.splitlines()[0])
-    parser.add_argument("catalogue", help="CSV with an 'image' column (paths absolute or relative to it)")
-    parser.add_argument("--output", required=True, help="merged predictions CSV")
+    parser.add_argument("catalogue", nargs="?", help="CSV with an 'image' column (paths absolute or relative to it)")
+    parser.add_argument("--output", help="merged predictions CSV")
+    parser.add_argument("--bench", action="store_true", help="measure the flow with batch_predict.bench_label_workers "
+                        "local workers on bench_label_rows rows (no catalogue, no output)")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--model-uri", help="served model URI (default: the champion)")
     parser.add_argument("--workers", type=int, help="local Dask worker processes (default: batch_predict.dask_workers)")
@@ -143,6 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shard-rows", type=int, help="rows per shard (default: batch_predict.shard_rows)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.bench:
+        bench(args.params, args.model_uri)
+        return 0
+    if not args.catalogue or not args.output:
+        parser.error("a CATALOGUE and --output are required (or --bench)")
     result = run_batch_label(args.params, args.catalogue, args.output, args.model_uri, args.workers, args.address,
                              args.shard_rows)
     print(result)

@@ -274,7 +274,7 @@ def test_the_onnx_export_agrees_with_pytorch_and_predicts_the_same_rows(catalogu
 
     model, csv = catalogue
     classifier = load_folder(model)
-    onnx = OnnxImageClassifier(classifier, export_onnx(classifier.model, classifier.config, tmp_path / "m.onnx"))
+    onnx = OnnxImageClassifier(classifier, export_onnx(classifier.model, classifier.config, tmp_path / "m.onnx"), 2)
     images = sorted((csv.parent / "img").glob("[0-9]*.png"))
     agreement = parity(classifier, onnx, images)
     assert agreement["top1_agreement"] == 1.0 and agreement["n_images"] == N_IMAGES

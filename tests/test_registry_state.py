@@ -3,6 +3,7 @@ a challenger runs with once the gate has loaded the champion. Real sqlite regist
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -149,29 +150,44 @@ def _logged_models(project: Path, run_id: str) -> list[str]:
     return sorted(model.model_id for model in found)
 
 
+def _classifier_folders(project: Path, run_id: str) -> dict[str, list[tuple[str, int | None]]]:
+    """The run's ``classifier/<digest>`` folders and the files (name, size) each holds."""
+    from registry_helpers import client
+
+    registry = client(project)
+    return {folder.path: sorted((Path(f.path).name, f.file_size) for f in registry.list_artifacts(run_id, folder.path))
+            for folder in registry.list_artifacts(run_id, "classifier") if folder.is_dir}
+
+
 @pytest.mark.slow
 def test_a_promote_timing_out_on_the_lock_logs_no_model_and_its_retries_add_none(tiny_pipeline: Path,
                                                                                   tmp_path: Path) -> None:
     from filelock import FileLock
     from registry_helpers import cli, cli_args, client
 
+    from catalog_classifier.registry.artifact import SHA256_TAG
+
     project = tiny_pipeline
     model, run_id = _selected(project)
     name = "lock-timeout"
-    before = _logged_models(project, run_id)
+    before = _classifier_folders(project, run_id)
     args = ["promote", "--model", model, *cli_args(project, name, registry__lock_timeout_s=1,
                                                    registry__out_json=tmp_path / "promotion.json")]
     # Another promoter holds the registry lock (the file lock beside the sqlite store) throughout.
     with FileLock(str(project / "mlruns" / "mlflow.db.registry.lock")):
         assert cli(args) == 75  # transient: the orchestrator retries later...
-        assert _logged_models(project, run_id) == before
+        assert _classifier_folders(project, run_id) == before
         assert cli(args) == 75  # ...and its retry times out again
-        assert _logged_models(project, run_id) == before
-    assert cli(args) == 0  # the lock is free: exactly one model logged, the one the new version serves
-    [added] = sorted(set(_logged_models(project, run_id)) - set(before))
+        assert _classifier_folders(project, run_id) == before
+        assert client(project).search_model_versions(f"name='{name}'") == []
+    assert cli(args) == 0  # the lock is free: one version, serving one content-addressed folder of the run
     [version] = client(project).search_model_versions(f"name='{name}'")
-    # The version serves that logged model (the sqlite store keeps it in the source URI, not in model_id).
-    assert version.source == f"models:/{added}" and len(_logged_models(project, run_id)) == len(before) + 1
+    after = _classifier_folders(project, run_id)
+    folder = version.source.rstrip("/").rsplit("/", 1)[-1]
+    assert version.run_id == run_id and f"classifier/{folder}" in after
+    assert sorted(name for name, _ in after[f"classifier/{folder}"]) == sorted(json.loads(version.tags[SHA256_TAG]))
+    # Same files as a folder the pipeline's own promote logged: the same digest, so no second copy.
+    assert set(after) - set(before) <= {f"classifier/{folder}"}
 
 
 @pytest.mark.slow
@@ -208,3 +224,27 @@ def test_the_promote_stage_run_again_after_another_model_retrained_registers_not
     # Naming the model is an explicit request: it is judged and registered again (equal is not better).
     third = promote(project, name, tmp_path / "named.json", "--model", model)
     assert (third["version"], third["decision"]) == ("2", "rejected")
+
+
+@pytest.mark.slow
+def test_a_registered_version_carries_its_onnx_graph_with_the_predictions_of_its_weights(tiny_pipeline: Path,
+                                                                                          tmp_path: Path) -> None:
+    """A deployer takes ``model.onnx`` from the version alone: hash-checked like the weights, same top-1."""
+    import yaml
+    from registry_helpers import client, split_images
+
+    from catalog_classifier.modeling.onnx_runtime import OnnxImageClassifier, parity
+    from catalog_classifier.modeling.prediction import ImageClassifier
+    from catalog_classifier.registry.artifact import fetch_verified
+
+    project = tiny_pipeline
+    name = yaml.safe_load((project / "params.yaml").read_text())["registry"]["model_name"]
+    version = json.loads((project / "artifacts/promotion.json").read_text())["version"]
+    verified = fetch_verified(f"models:/{name}/{version}", tmp_path / "version", client(project))
+    assert "model.onnx" in verified.sha256  # recorded at registration, checked at download
+    served = ImageClassifier.from_dir(verified.directory)
+    fp32 = dataclasses.replace(served.settings, bf16=False, channels_last=False)
+    classifier = ImageClassifier(served.model, served.config, fp32, served.calibration)
+    onnx = OnnxImageClassifier(classifier, verified.directory / "model.onnx", 4)
+    agreement = parity(classifier, onnx, split_images(project))
+    assert agreement["top1_agreement"] == 1.0 and agreement["max_abs_logit_diff"] < 1e-3, agreement

@@ -552,7 +552,13 @@ class BatchPredictParams(_Strict):
     # The forward pass: torch, onnx (ONNX Runtime on the exported graph), or auto: the faster one on this machine
     # as `catalog-classifier bench-predict` measured it (<bench.out_dir>/predict.json), torch until it has run.
     runtime: Literal["auto", "torch", "onnx"] = "auto"
+    # Images per ONNX Runtime call: its memory arena grows to the largest call (peak RSS 2.2 GB at 64, 1.4 GB at 16
+    # on EfficientNet-Lite0, `make bench-predict`); the model batch still groups the decoded images.
+    onnx_batch: int = Field(default=16, ge=1, le=1024)
     bench_rows: list[int] = Field(default_factory=lambda: [10_000], min_length=1)  # bench-predict: rows per run
+    # make bench-batch-label: the batch-label flow on a catalogue of this many rows, once per worker count
+    bench_label_rows: int = Field(default=4000, ge=1)
+    bench_label_workers: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
     # flows/batch_label.py: shards of a catalogue on a Dask cluster (prefect-dask)
     shard_rows: int = Field(default=5000, ge=1)  # rows per shard task (thousands: never one task per image)
     dask_workers: int = Field(default=2, ge=1)  # worker processes of the local cluster
@@ -580,7 +586,8 @@ class ServeParams(_Strict):
     deadline_s: float = Field(gt=0)          # a request still unanswered then: 504, its images leave the queue
     max_in_flight: int = Field(gt=0)         # requests inside the server at once; more: 503 + Retry-After
     retry_after_s: int = Field(ge=1)
-    reload_poll_s: float = Field(gt=0)       # how often the server reads the champion alias (a move redeploys)
+    reload_poll_s: float = Field(gt=0)       # how often the server reads the champion alias (a move switches)
+    switch_timeout_s: float = Field(default=300, gt=0)  # loading a new champion beside the served one, at most
     torch_threads: int | None = Field(default=None, gt=0)  # the replica's intra-op threads; null: the model's own
     bench: ServeBenchParams
 

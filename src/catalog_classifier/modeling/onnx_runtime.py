@@ -20,16 +20,14 @@ import torch
 
 from catalog_classifier.modeling.models import Classifier, DataConfig
 from catalog_classifier.modeling.prediction import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
+    ONNX_FILE,
     ImageClassifier,
     _file_loader,
 )
-from catalog_classifier.ops.io import atomic_path, read_json
+from catalog_classifier.ops.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
 OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -68,6 +66,11 @@ def onnx_session(path: Path, threads: int) -> Any:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Without these ORT keeps an arena grown to the largest batch and a memory plan per input shape: measured
+    # 2.2 GB resident at the first batch of 64, growing with every run (`make bench-predict`).
+    # ORT's arena is kept (without it every run pays page faults: 2.5x slower here), but no memory plan per input
+    # shape, which grew resident memory with every batch (2.15 -> 2.59 GB over 1,000 rows, `make bench-predict`).
+    options.enable_mem_pattern = False
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
@@ -78,13 +81,15 @@ class OnnxImageClassifier(ImageClassifier):
 
     runtime_name = "onnx"
 
-    def __init__(self, base: ImageClassifier, onnx_file: Path) -> None:
+    def __init__(self, base: ImageClassifier, onnx_file: Path, run_batch: int) -> None:
         super().__init__(base.model, base.config, base.settings, base.calibration)
         self.onnx_file = onnx_file
         self.session = onnx_session(onnx_file, self.runtime.threads)
+        # ORT's arena grows to the largest batch it ran: smaller runs bound memory at little cost per image.
+        self.run_batch = run_batch
 
     def _logits(self, pixels: np.ndarray) -> torch.Tensor:
-        batch_size = self.settings.batch_size
+        batch_size = self.run_batch
         outputs = []
         for start in range(0, len(pixels), batch_size):
             images = pixels[start:start + batch_size].astype(np.float32) * np.float32(1.0 / 255.0)
@@ -92,14 +97,14 @@ class OnnxImageClassifier(ImageClassifier):
         return torch.from_numpy(np.concatenate(outputs).astype(np.float32))
 
 
-def with_onnx(classifier: ImageClassifier, directory: Path, scratch: Path) -> OnnxImageClassifier:
+def with_onnx(classifier: ImageClassifier, directory: Path, scratch: Path, run_batch: int) -> OnnxImageClassifier:
     """The classifier on ONNX Runtime: ``directory``'s ``model.onnx`` when the version carries one, else one
     exported from its weights into ``scratch``."""
     onnx_file = directory / ONNX_FILE
     if not onnx_file.is_file():
         onnx_file = export_onnx(classifier.model, classifier.config, scratch / ONNX_FILE)
         log.info("exported %s (the registered version carries no %s)", onnx_file, ONNX_FILE)
-    return OnnxImageClassifier(classifier, onnx_file)
+    return OnnxImageClassifier(classifier, onnx_file, run_batch)
 
 
 def parity(reference: ImageClassifier, candidate: ImageClassifier, paths: Sequence[Path]) -> dict[str, Any]:
@@ -113,8 +118,6 @@ def parity(reference: ImageClassifier, candidate: ImageClassifier, paths: Sequen
 
 
 def export_classifier_dir(directory: Path) -> Path:
-    """Add ``model.onnx`` to a classifier folder (``write_classifier_dir``'s), from its own weights."""
-    from catalog_classifier.modeling.models import load_classifier
-
-    model, _ = load_classifier(directory / WEIGHTS_FILE)
-    return export_onnx(model, read_json(directory / CONFIG_FILE), directory / ONNX_FILE)
+    """Add ``model.onnx`` to a classifier folder (``write_classifier_dir``'s), from its own (safetensors) weights."""
+    classifier = ImageClassifier.from_dir(directory)
+    return export_onnx(classifier.model, classifier.config, directory / ONNX_FILE)

@@ -47,7 +47,7 @@ class FrozenImageClassifier(ImageClassifier):
         return torch.cat(outputs).float()
 
 
-def runtime_variants(base: ImageClassifier, scratch: Path) -> dict[str, ImageClassifier]:
+def runtime_variants(base: ImageClassifier, scratch: Path, onnx_batch: int) -> dict[str, ImageClassifier]:
     """The same weights on each runtime under comparison."""
     fp32 = replace(base.settings, bf16=False, channels_last=False)
     bf16 = replace(base.settings, bf16=True, channels_last=True)
@@ -57,7 +57,7 @@ def runtime_variants(base: ImageClassifier, scratch: Path) -> dict[str, ImageCla
         variants["torch-bf16"] = ImageClassifier(base.model, base.config, bf16, base.calibration)
     variants["torch-frozen-fp32"] = FrozenImageClassifier(eager_fp32)
     onnx_file = export_onnx(base.model, base.config, scratch / "model.onnx")
-    variants["onnx-fp32"] = OnnxImageClassifier(eager_fp32, onnx_file)
+    variants["onnx-fp32"] = OnnxImageClassifier(eager_fp32, onnx_file, onnx_batch)
     return variants
 
 

@@ -47,6 +47,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".
 OUTPUT_COLUMNS = ["image", "label", "confidence", "top3", "needs_review", "prediction_set", "error"]
 WEIGHTS_FILE = "model.pt"  # the train stage's state dict (local pipeline outputs)
 SAFE_WEIGHTS_FILE = "weights.safetensors"  # what a classifier folder, and so the registry, carries
+ONNX_FILE = "model.onnx"  # the same weights as an ONNX graph (a registered folder carries it; see onnx_runtime)
 CONFIG_FILE = "model_config.json"
 SETTINGS_FILE = "serving.json"
 AUTOLABEL_FILE = "autolabel.json"

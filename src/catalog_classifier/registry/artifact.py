@@ -28,6 +28,7 @@ from catalog_classifier.data.images import file_sha256
 from catalog_classifier.modeling.prediction import (
     AUTOLABEL_FILE,
     CONFIG_FILE,
+    ONNX_FILE,
     SAFE_WEIGHTS_FILE,
     SETTINGS_FILE,
     WEIGHTS_FILE,
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 
 ARTIFACT_PATH = "classifier"  # the folder of the promoting run's artifacts a version points at
 TRAIN_MANIFEST = "train_manifest.csv"
-ONNX_FILE = "model.onnx"
 # Every name a registered folder may hold: data formats only. Anything else refuses the whole version.
 ALLOWED_FILES = frozenset({SAFE_WEIGHTS_FILE, CONFIG_FILE, SETTINGS_FILE, AUTOLABEL_FILE, TRAIN_MANIFEST, ONNX_FILE})
 REQUIRED_FILES = frozenset({SAFE_WEIGHTS_FILE, CONFIG_FILE})

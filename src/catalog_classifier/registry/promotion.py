@@ -34,6 +34,7 @@ import pandas as pd
 from catalog_classifier.config.layout import Project
 from catalog_classifier.config.params import ParamsError
 from catalog_classifier.data.manifests import read_manifest
+from catalog_classifier.modeling.onnx_runtime import export_classifier_dir
 from catalog_classifier.modeling.prediction import (
     Calibration,
     ImageClassifier,
@@ -42,6 +43,7 @@ from catalog_classifier.modeling.prediction import (
 )
 from catalog_classifier.ops.io import read_json
 from catalog_classifier.registry.artifact import (
+    ONNX_FILE,
     SHA256_TAG,
     TRAIN_MANIFEST,
     fetch_legacy_weights,
@@ -96,14 +98,18 @@ def _challenger_dir(project: Project, model_name: str, run_id: str, folder: Path
     manifest = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=RUN_TRAIN_MANIFEST,
                                                    dst_path=str(folder / "download"))
     shutil.copyfile(manifest, directory / TRAIN_MANIFEST)
+    # The ONNX graph of these weights rides along: a deployer runs the version on ONNX Runtime without the training
+    # stack, and predict/serve load it instead of exporting at every start.
+    export_classifier_dir(directory)
     return directory
 
 
 def classifier_fingerprint(directory: Path) -> str:
     """sha256 over the served folder's files (relative names and bytes, in name order): two folders with this
-    digest serve the same predictions, sets and review flags."""
+    digest serve the same predictions, sets and review flags. ``model.onnx`` is left out: it is derived from the
+    weights in the same folder, and a folder registered before it was exported is the same model."""
     digest = hashlib.sha256()
-    for path in sorted(item for item in directory.rglob("*") if item.is_file()):
+    for path in sorted(item for item in directory.rglob("*") if item.is_file() and item.name != ONNX_FILE):
         digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):

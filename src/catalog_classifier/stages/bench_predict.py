@@ -94,7 +94,7 @@ def run_bench_predict(project: Project, quick: bool = False) -> dict[str, Any]:
                                           "threads": classifier.runtime.threads, "loadavg_start": os.getloadavg()}}
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as scratch_name:
         scratch = Path(scratch_name)
-        variants = runtime_variants(classifier, scratch)
+        variants = runtime_variants(classifier, scratch, params.batch_predict.onnx_batch)
         reference = variants["torch-fp32"]
         report["parity"] = {name: parity(reference, candidate, parity_paths)
                             for name, candidate in variants.items() if name != "torch-fp32"}

@@ -57,8 +57,9 @@ def run_predict(project: Project, sources: Sequence[str], uri: str, output: Path
     runtime = choose_runtime(settings.runtime, project.path(project.params.bench.out_dir) / PREDICT_BENCH, "batch")
     with tempfile.TemporaryDirectory(prefix="catalog-predict-") as scratch:
         served = load_model_or_classify(uri, tracking_uri, Path(scratch) / "model")
-        classifier = (with_onnx(served.classifier, served.directory, Path(scratch)) if runtime == ONNX
-                      else served.classifier)
+        classifier = served.classifier
+        if runtime == ONNX:
+            classifier = with_onnx(classifier, served.directory, Path(scratch), settings.onnx_batch)
         return _predict_with(classifier, served, batch, uri, output, settings, resume)
 
 
