@@ -1,7 +1,7 @@
 """``catalog-classifier serve --engine ray``: the champion on Ray Serve, started for real on loopback once for this
 file. Concurrent clients get exactly the answers single requests get (and the evaluate stage's labels); every
 limit answers with its name and value; overload sheds with 503 + Retry-After; health and readiness name the
-version. (A promotion and rollback under traffic are not tested here yet: see docs/registry-and-serving.md.)"""
+version; a promotion then a rollback under traffic drop no request (blue/green inside the replica)."""
 
 from __future__ import annotations
 
@@ -235,12 +235,12 @@ def test_an_image_whose_deadline_passed_is_never_computed(served: Server, tiny_p
 
     from catalog_classifier.data.images import load_rgb
     from catalog_classifier.endpoint.batching import BatchModel, QueuedImage
-    from catalog_classifier.registry.served import load_served_model
+    from catalog_classifier.registry.artifact import load_champion
 
     uri = f"sqlite:///{tiny_pipeline}/mlruns/mlflow.db"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    model = BatchModel(load_served_model(f"models:/{NAME}/1").classifier)
+    model = BatchModel(load_champion(f"models:/{NAME}/1")[0])
     path = split_images(tiny_pipeline)[0]
     pixels = model.preprocess(load_rgb(path))
     now = 1000.0
@@ -249,3 +249,54 @@ def test_an_image_whose_deadline_passed_is_never_computed(served: Server, tiny_p
     status, _, payload = invoke_until_answered(served, encode([path]))
     assert rows[1]["label"] == payload["predictions"][0]["label"]
     assert model.forward([QueuedImage(pixels, deadline=now)], now=now) == [None]  # at the deadline: too late
+
+
+# Last in this file: it moves the champion (and leaves it on v1 again).
+def test_a_promotion_then_a_rollback_under_traffic_drop_no_request_and_each_answer_names_its_version(
+        served: Server, tiny_pipeline: Path, tmp_path: Path) -> None:
+    from registry_helpers import cli
+
+    images = split_images(tiny_pipeline)[:8]
+    labels = {version: eval_predictions(tiny_pipeline, model).set_index("image")["pred_label"]
+              for version, model in (("1", served.model), ("2", served.better))}
+    answers: list[tuple[int, str, str, str]] = []  # status, version header, image, label
+    stop = threading.Event()
+
+    def client() -> None:  # one client sending without a pause, as a listing tool would
+        index = 0
+        while not stop.is_set():
+            path = images[index % len(images)]
+            status, headers, payload = served.call("POST", "/invocations", encode([path]))
+            label = payload["predictions"][0]["label"] if status == 200 else str(payload)
+            answers.append((status, headers.get("x-model-version", ""), path.name, label))
+            index += 1
+
+    def wait_for_version(version: str, timeout_s: float) -> float:
+        started = time.monotonic()
+        seen = len(answers)
+        while not any(answer[1] == version for answer in answers[seen:]):
+            assert time.monotonic() - started < timeout_s, f"v{version} not served after {timeout_s}s: {answers[-3:]}"
+            time.sleep(0.2)
+        return time.monotonic() - started
+
+    sender = threading.Thread(target=client)
+    sender.start()
+    try:
+        time.sleep(2)
+        report = promote(tiny_pipeline, NAME, tmp_path / "promotion.json", "--model", served.better, min_delta=0.0)
+        assert report["promote"] and report["version"] == "2", report["reason"]
+        to_new = wait_for_version("2", 120)
+        time.sleep(2)
+        assert cli(["rollback", *cli_args(tiny_pipeline, NAME)]) == 0
+        to_old = wait_for_version("1", 120)
+        time.sleep(2)
+    finally:
+        stop.set()
+        sender.join(timeout=120)
+    assert [answer for answer in answers if answer[0] != 200] == []  # not one request dropped or refused
+    versions = [answer[1] for answer in answers]
+    changes = [later for earlier, later in zip(versions, versions[1:], strict=False) if later != earlier]
+    assert versions[0] == "1" and changes == ["2", "1"], changes  # 1 ... 2 ... 1: no flapping between them
+    # Each answer is its version's model's (the evaluate stage's label for that image).
+    assert all(label == labels[version][image] for _, version, image, label in answers)
+    print(f"switch to v2 seen after {to_new:.1f}s, back to v1 after {to_old:.1f}s; {len(answers)} requests, all 200")

@@ -23,10 +23,12 @@ RESPONSE_COLUMNS = ("label", "confidence", "top3", "needs_review", "error")
 
 @dataclass(frozen=True)
 class QueuedImage:
-    """One preprocessed image waiting for a batch, and when its request stops waiting (``time.monotonic``)."""
+    """One preprocessed image waiting for a batch, when its request stops waiting (``time.monotonic``), and the
+    model its request started on (None: whichever the batch step serves)."""
 
     pixels: np.ndarray
     deadline: float
+    model: BatchModel | None = None
 
 
 def error_row(message: str) -> dict[str, Any]:
@@ -59,3 +61,18 @@ class BatchModel:
             described = self.classifier._describe(probabilities[position])
             rows[index] = {column: described[column] for column in RESPONSE_COLUMNS}
         return rows
+
+
+def forward_by_model(items: Sequence[QueuedImage], served: BatchModel,
+                     now: float | None = None) -> list[dict[str, Any] | None]:
+    """One batch whose images may belong to requests that started on different versions (a champion switch in
+    progress): each group runs through the model its requests started on, so a request never mixes versions."""
+    groups: dict[int, tuple[BatchModel, list[int]]] = {}
+    for index, item in enumerate(items):
+        model = item.model or served
+        groups.setdefault(id(model), (model, []))[1].append(index)
+    rows: list[dict[str, Any] | None] = [None] * len(items)
+    for model, indexes in groups.values():
+        for index, row in zip(indexes, model.forward([items[i] for i in indexes], now), strict=True):
+            rows[index] = row
+    return rows

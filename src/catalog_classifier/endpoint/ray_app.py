@@ -4,9 +4,11 @@ gathers the images of concurrent requests into one forward pass (``serve.max_bat
 
 Routes: ``POST /invocations`` (mlflow models serve's request and answer, plus ``model_version``; the header
 ``X-Model-Version`` says which registered version answered), ``GET /ping`` and ``/health`` (alive, which version),
-``GET /ready`` (200 once the model is loaded and answering). A champion move redeploys the application with the
-new version: Ray Serve starts the new replica and drains the old one, so requests in flight finish where they
-started.
+``GET /ready`` (200 once the model is loaded and answering). A champion move is a blue/green switch inside the
+replica (:meth:`ClassifierDeployment.switch_to`): the new version is loaded beside the served one while it keeps
+answering, then new requests go to it; a request in flight finishes on the version it started with, and every
+answer names its version. (Redeploying the application instead stops a single replica before starting the new one:
+Ray Serve's rolling update, which left a gap in which requests failed.)
 
 No ``from __future__ import annotations`` here: FastAPI must see ``Request`` itself in the signatures of the
 methods Ray Serve wraps, or it takes ``request`` for a query parameter (422).
@@ -23,7 +25,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from catalog_classifier.data.images import ImageLoadError
-from catalog_classifier.endpoint.batching import BatchModel, QueuedImage, error_row
+from catalog_classifier.endpoint.batching import BatchModel, QueuedImage, error_row, forward_by_model
 from catalog_classifier.endpoint.payload import (
     Limits,
     Refused,
@@ -40,6 +42,14 @@ DEPLOYMENT_NAME = "CatalogClassifier"
 VERSION_HEADER = "X-Model-Version"
 
 app = FastAPI(title="catalog-classifier champion", docs_url=None, redoc_url=None)
+
+
+def _load(model_uri: str) -> BatchModel:
+    """The version's data files, checked against the sha256 recorded at registration: nothing from the registry
+    runs here (registry/artifact.py)."""
+    from catalog_classifier.registry.artifact import load_champion
+
+    return BatchModel(load_champion(model_uri)[0])
 
 
 def _refusal(refused: Refused, version: str, retry_after_s: int | None = None) -> JSONResponse:
@@ -60,7 +70,6 @@ class ClassifierDeployment:
 
         import mlflow
 
-        from catalog_classifier.registry.artifact import load_champion
         from catalog_classifier.registry.served import NO_PICKLE_ENV
 
         os.environ[NO_PICKLE_ENV] = "false"  # the replica loads data files only; no MLflow loader may unpickle
@@ -68,9 +77,7 @@ class ClassifierDeployment:
         mlflow.set_registry_uri(spec["tracking_uri"])
         self.version = str(spec["version"])
         self.limits = Limits(**spec["limits"])
-        # The version's data files, checked against the sha256 recorded at registration: nothing from the registry
-        # runs here (registry/artifact.py).
-        self.model = BatchModel(load_champion(spec["model_uri"])[0])
+        self.model = _load(spec["model_uri"])
         if spec["torch_threads"]:
             import torch
 
@@ -80,6 +87,13 @@ class ClassifierDeployment:
         self.in_flight = 0
         self.batches = 0  # forward passes run, and the images they held: the mean batch size shows batching works
         self.batched_images = 0
+
+    async def switch_to(self, model_uri: str, version: str) -> str:
+        """Blue/green: load ``version`` while the served one keeps answering, then serve it. Called through a
+        deployment handle when the champion alias moves; returns the version now served."""
+        model = await asyncio.to_thread(_load, model_uri)
+        self.model, self.version = model, str(version)  # one step for the event loop: no request sees half of it
+        return self.version
 
     @app.get("/ping")
     @app.get("/health")
@@ -101,27 +115,27 @@ class ClassifierDeployment:
             return _refusal(refused, self.version, self.limits.retry_after_s)
         self.in_flight += 1
         deadline = time.monotonic() + self.limits.deadline_s
+        model, version = self.model, self.version  # the version this request is answered by, start to end
         try:
-            rows = await asyncio.wait_for(self._answer(request, deadline), timeout=self.limits.deadline_s)
+            rows = await asyncio.wait_for(self._answer(request, model, deadline), timeout=self.limits.deadline_s)
         except Refused as refused:
-            return _refusal(refused, self.version)
+            return _refusal(refused, version)
         except TimeoutError:
             refused = Refused(504, f"no answer within serve.deadline_s {self.limits.deadline_s} s; its images "
                                    "were dropped from the queue")
-            return _refusal(refused, self.version)
+            return _refusal(refused, version)
         finally:
             self.in_flight -= 1
-        return JSONResponse({"predictions": rows, "model_version": self.version},
-                            headers={VERSION_HEADER: self.version})
+        return JSONResponse({"predictions": rows, "model_version": version}, headers={VERSION_HEADER: version})
 
-    async def _answer(self, request: Request, deadline: float) -> list[dict[str, Any]]:
+    async def _answer(self, request: Request, model: BatchModel, deadline: float) -> list[dict[str, Any]]:
         check_declared_length(request.headers.get("content-length"), self.limits)
         body = bytearray()
         async for chunk in request.stream():
             add_chunk(body, chunk, self.limits)
         cells = read_cells(bytes(body), self.limits)
         del body
-        prepared = await asyncio.to_thread(self._prepare, cells, deadline)
+        prepared = await asyncio.to_thread(self._prepare, cells, model, deadline)
         rows: list[Any] = list(prepared)
         waiting = [index for index, item in enumerate(prepared) if isinstance(item, QueuedImage)]
         answers = await asyncio.gather(*(self._forward(prepared[index]) for index in waiting))
@@ -129,7 +143,7 @@ class ClassifierDeployment:
             rows[index] = answer if answer is not None else error_row("deadline passed before the forward pass")
         return rows
 
-    def _prepare(self, cells: list[Any], deadline: float) -> list[QueuedImage | dict[str, Any]]:
+    def _prepare(self, cells: list[Any], model: BatchModel, deadline: float) -> list[QueuedImage | dict[str, Any]]:
         """Decode and resize each image (in a worker thread): a queued image, or the row saying why not."""
         prepared: list[QueuedImage | dict[str, Any]] = []
         for cell in cells:
@@ -137,17 +151,17 @@ class ClassifierDeployment:
                 prepared.append(error_row("deadline passed before decoding"))
                 continue
             try:
-                pixels = self.model.preprocess(decode_image(cell, self.limits.max_pixels))
+                pixels = model.preprocess(decode_image(cell, self.limits.max_pixels))
             except ImageLoadError as err:
                 prepared.append(error_row(str(err)))
                 continue
-            prepared.append(QueuedImage(pixels, deadline))
+            prepared.append(QueuedImage(pixels, deadline, model))
         return prepared
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _forward(self, items: list[QueuedImage]) -> list[dict[str, Any] | None]:
         # In a thread: the event loop keeps receiving requests (which form the next batch) while this one runs.
-        rows = await asyncio.to_thread(self.model.forward, items)
+        rows = await asyncio.to_thread(forward_by_model, items, self.model)
         self.batches += 1
         self.batched_images += sum(row is not None for row in rows)
         return rows

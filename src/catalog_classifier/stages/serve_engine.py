@@ -1,5 +1,5 @@
 """``catalog-classifier serve --engine ray``: the champion on Ray Serve with adaptive batching, following the
-champion alias (a promotion or rollback redeploys the new version while the old one drains)."""
+champion alias (a promotion or rollback is switched to blue/green: loaded beside the served version, no gap)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def run_ray_serve(project: Project, host: str, port: int) -> None:
               f"batches of up to {project.params.serve.max_batch_size})", file=sys.stderr, flush=True)
         while True:
             time.sleep(project.params.serve.reload_poll_s)
-            served = _follow_champion(project, client, served, tracking_uri)
+            served = _follow_champion(project, client, served)
     except KeyboardInterrupt:
         log.info("stopping the server")
     finally:
@@ -82,11 +82,12 @@ def run_ray_serve(project: Project, host: str, port: int) -> None:
         ray.shutdown()
 
 
-def _follow_champion(project: Project, client: Any, served: ServedVersion, tracking_uri: str) -> ServedVersion:
-    """Redeploy when the alias names another version; a registry that cannot be read keeps the current one."""
+def _follow_champion(project: Project, client: Any, served: ServedVersion) -> ServedVersion:
+    """Switch when the alias names another version; a registry that cannot be read, or a version that cannot be
+    loaded, keeps the current one."""
     from ray import serve
 
-    from catalog_classifier.endpoint.ray_app import APP_NAME, build_app
+    from catalog_classifier.endpoint.ray_app import APP_NAME, DEPLOYMENT_NAME
 
     try:
         current = resolve_champion(client, served.name)
@@ -99,7 +100,14 @@ def _follow_champion(project: Project, client: Any, served: ServedVersion, track
     if current == served:
         return served
     started = time.monotonic()
-    serve.run(build_app(app_spec(project, current, tracking_uri)), name=APP_NAME, route_prefix="/")
+    # Blue/green inside the replica: it loads the new version beside the served one (no gap, no redeploy).
+    handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=APP_NAME)
+    try:
+        handle.switch_to.remote(current.uri, current.version).result(timeout_s=project.params.serve.switch_timeout_s)
+    except Exception as err:  # a version that cannot be loaded (refused, unreadable) never replaces a served one
+        log.warning("cannot switch to %s v%s (%s): still serving v%s; retried at the next poll", current.name,
+                    current.version, err, served.version)
+        return served
     print(f"champion moved: v{served.version} -> v{current.version}, serving v{current.version} after "
           f"{time.monotonic() - started:.1f}s", file=sys.stderr, flush=True)
     return current
