@@ -138,6 +138,12 @@ def plan_changes(project_dir: str) -> dict[str, Any]:
     return retrain_plan.plan_dict(plan)
 
 
+@task(name="pull-outputs", task_run_name="pull-outputs", cache_policy=NO_CACHE)
+def pull_outputs(project_dir: str, stages: list[str]) -> str:
+    """``dvc pull`` of the outputs of ``stages`` from the default remote, as far as it holds them."""
+    return dvc_ops.pull_stage_outputs(Path(project_dir), stages)
+
+
 @task(name="push-outputs", task_run_name="push-outputs", cache_policy=NO_CACHE)
 def push_outputs(project_dir: str, enabled: bool) -> str:
     """``dvc push`` when the default remote is writable; otherwise say why not. A failed push is reported,
@@ -189,6 +195,16 @@ def retrain(project_dir: str | None = None, force: bool = False) -> dict[str, An
         reason = (f"skipped: neither data (version {version}) nor params nor code changed for any stage since "
                   f"{plan['baseline']}")
         logger.info("%s", reason)
+        create_markdown_artifact(markdown=_report("skipped", reason, plan["lines"]), key=RETRAIN_ARTIFACT)
+        return {"status": "skipped", "reason": reason, "data_version": version, "plan": plan}
+    if plan["deferred"] and not force:
+        # Only pages changed and their inputs are absent here: they may still be in the remote (pushed by an
+        # earlier retraining); what it holds is pulled, then the plan is made again.
+        logger.info("outputs read by the changed stages: %s", pull_outputs(str(root), plan["missing"]))
+        plan = plan_changes(str(root))
+    if plan["deferred"] and not force:
+        reason = f"skipped: {plan['deferred']}"
+        logger.warning("%s", reason)
         create_markdown_artifact(markdown=_report("skipped", reason, plan["lines"]), key=RETRAIN_ARTIFACT)
         return {"status": "skipped", "reason": reason, "data_version": version, "plan": plan}
     changes = plan["changes"]

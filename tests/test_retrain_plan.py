@@ -136,6 +136,36 @@ def test_a_report_only_change_reruns_the_report_and_never_promote(project: Path)
         "split", *(f"{kind}@{model}" for kind in ("train", "evaluate", "explain") for model in MODELS), "compare"}
 
 
+def test_a_report_only_change_without_the_models_outputs_is_deferred_not_retrained(project: Path) -> None:
+    """A clone whose remote never received the models' outputs (read-only) would retrain every model to rebuild
+    a page: the plan defers it and says why; with the outputs present, or with a change a registry decision
+    reads, nothing is deferred."""
+    before = read_pipeline(project)
+    page = project / "src/catalog_classifier/reporting/page.py"
+    text = page.read_text()
+    page.write_text(text + "\n# a report-only change\n")
+    try:
+        stages = read_pipeline(project)
+        outs = [out for stage in stages for out in stage.outs]
+        absent = plan_retraining(stages, recorded(before), "the record", dict.fromkeys(outs, False))
+        present = plan_retraining(stages, recorded(before), "the record", dict.fromkeys(outs, True))
+    finally:
+        page.write_text(text)
+    assert absent.deferred is not None and present.deferred is None
+    assert absent.deferred.startswith("only report changed, which no registry decision reads, and the outputs of ")
+    assert f"train@{MODELS[0]}" in absent.deferred and "promote" not in absent.to_run
+    assert "split" in absent.feeds_registry and "report" not in absent.feeds_registry
+
+    write_overrides(project / "params.yaml", {"train.lr": load_params(project / "params.yaml").train.lr * 2})
+    try:
+        stages = read_pipeline(project)
+        changed = plan_retraining(stages, recorded(before), "the record",
+                                  dict.fromkeys((out for stage in stages for out in stage.outs), False))
+    finally:
+        run(["git", "checkout", "-q", "params.yaml"], project)
+    assert changed.deferred is None and f"train@{MODELS[0]}" in changed.changed
+
+
 def test_a_new_data_version_reruns_every_stage_reading_the_data(project: Path, tmp_path: Path) -> None:
     before = read_pipeline(project)
     clone = tmp_path / "clone"

@@ -265,6 +265,17 @@ def remote_writable(remote: Remote) -> bool | None:
     return os.access(probe, os.W_OK | os.X_OK)
 
 
+def pull_stage_outputs(root: Path, stages: list[str]) -> str:
+    """``dvc pull`` of these stages' outputs from the default remote, as far as it holds them; what happened."""
+    if not stages:
+        return "nothing to pull"
+    try:
+        output = dvc(root, "pull", *stages).stdout.strip()
+    except DvcError as err:  # a remote without them (read-only: never pushed to) or unreachable
+        return f"not all pulled: {str(err).strip().splitlines()[-1]}"
+    return output.splitlines()[-1] if output else "pulled"
+
+
 def push(root: Path, remote: Remote) -> str:
     """``dvc push`` to ``remote``; returns DVC's summary line."""
     output = dvc(root, "push", "--remote", remote.name).stdout.strip()

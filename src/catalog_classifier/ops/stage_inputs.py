@@ -171,6 +171,8 @@ class RetrainPlan:
     verdicts: tuple[StageVerdict, ...]
     baseline: str  # what the comparison was made against, in words
     missing_outputs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The registering stages and every stage they read, transitively: what a registry decision rests on.
+    feeds_registry: frozenset[str] = frozenset()
 
     @property
     def changed(self) -> list[str]:
@@ -184,6 +186,22 @@ class RetrainPlan:
     @property
     def nothing_to_do(self) -> bool:
         return not any(v.action in ("changed", "downstream") for v in self.verdicts)
+
+    @property
+    def deferred(self) -> str | None:
+        """Why this run should not rebuild what changed, or None. Only stages no registry decision reads changed
+        (the report, explanations), yet stages they read have no outputs in this clone after the pull (a
+        read-only remote never receives them): rebuilding a page would retrain the models it shows."""
+        moved = [v.stage for v in self.verdicts if v.action in ("changed", "downstream")]
+        if not moved or any(stage in self.feeds_registry for stage in moved):
+            return None
+        absent = [stage for stage, outs in self.missing_outputs.items() if outs]
+        if not absent:
+            return None
+        return (f"only {', '.join(moved)} changed, which no registry decision reads, and the outputs of "
+                f"{', '.join(absent)} they read are neither in this clone nor in its DVC remote: rebuilding them "
+                f"would reproduce {len(absent)} upstream stage(s) (training included) for no new model; run them "
+                "where those outputs are (`make report`), or make the remote writable so that retraining pushes them")
 
     def lines(self) -> list[str]:
         """One line per stage: what a run would do with it and why."""
@@ -252,6 +270,13 @@ def plan_retraining(stages: list[StageInputs], recorded: RecordedStages | None, 
                 continue
             readers.setdefault(upstream, set()).add(name)
             todo.extend(by_name[upstream].upstream)
+    feeds = set(REGISTERING_STAGES & by_name.keys())
+    todo = [upstream for name in feeds for upstream in by_name[name].upstream]
+    while todo:
+        upstream = todo.pop()
+        if upstream not in feeds:
+            feeds.add(upstream)
+            todo.extend(by_name[upstream].upstream)
     verdicts = []
     missing: dict[str, tuple[str, ...]] = {}
     for stage in ordered:
@@ -264,7 +289,7 @@ def plan_retraining(stages: list[StageInputs], recorded: RecordedStages | None, 
                 missing[stage.name] = tuple(out for out in stage.outs if not present.get(out, False))
         else:
             verdicts.append(StageVerdict(stage.name, "unchanged"))
-    return RetrainPlan(tuple(verdicts), baseline, missing)
+    return RetrainPlan(tuple(verdicts), baseline, missing, frozenset(feeds))
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ def plan(root: Path) -> RetrainPlan:
 def plan_dict(found: RetrainPlan) -> dict[str, Any]:
     """The plan as the flow passes and returns it (plain values)."""
     lines = found.lines()
-    return {"baseline": found.baseline, "nothing_to_do": found.nothing_to_do, "to_run": found.to_run,
+    return {"baseline": found.baseline, "nothing_to_do": found.nothing_to_do, "deferred": found.deferred,
+            "missing": [stage for stage, outs in found.missing_outputs.items() if outs], "to_run": found.to_run,
             "forced": found.changed, "lines": lines,
             "changes": [line for line in lines if line.split(":")[0] in found.changed]}
 
@@ -33,6 +34,7 @@ def dry_run_text(root: Path) -> str:
     """What a retraining run in ``root`` would do now, stage by stage, and against which record."""
     found = plan(root)
     verdict = ("would skip: nothing changed" if found.nothing_to_do
+               else f"would skip: {found.deferred}" if found.deferred
                else f"would retrain: {len(found.changed)} stage(s) changed, {len(found.to_run)} handed to DVC")
     return "\n".join([f"compared with {found.baseline}", verdict, *[f"  {line}" for line in found.lines()]])
 
