@@ -43,8 +43,14 @@ def _isolate_mlflow_uris() -> Iterator[None]:
     as environment variables; without this a test's store leaks into later tests in the same worker and into the
     stage subprocesses they start (one project per process is the CLI's case, not the test session's)."""
     _forget_mlflow_uris()
+    environment = dict(os.environ)
     yield
     _forget_mlflow_uris()
+    # A CLI entry point run in-process may set process-wide variables for itself (serve and predict forbid
+    # MLflow's pickle loaders); they must not reach the next test in this worker.
+    for name in set(os.environ) - set(environment):
+        os.environ.pop(name)
+    os.environ.update(environment)
 
 
 @pytest.fixture(scope="session")

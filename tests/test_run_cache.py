@@ -60,10 +60,13 @@ def test_promote_runs_again_when_params_return_to_a_run_cached_state(project: Pa
 
     assert RESTORED not in back, back
     assert "Running stage 'promote'" in back and "Running stage 'report'" in back, back
-    versions = registry_versions(project, name)
-    assert len(versions) == 3, versions  # one registration per promote run, none restored from a file
+    # Each promote run asked the registry: the classifier's files are the ones v1 holds, so nothing new is
+    # registered and the file says so. A file restored from the run-cache would still hold the first decision.
+    assert registry_versions(project, name) == [str(first["version"])]
     latest = json.loads((project / "artifacts/promotion.json").read_text())
-    assert str(latest["version"]) == versions[-1] != str(first["version"])
+    assert first["decision"] in {"promoted", "rejected"}
+    assert latest["decision"] == "unchanged" and latest["registered_decision"] == first["decision"], latest
+    assert f"already registered as v{first['version']}" in latest["reason"], latest["reason"]
 
 
 def test_report_runs_again_when_params_return_to_a_run_cached_state(project: Path) -> None:
