@@ -95,7 +95,9 @@ def served(tiny_pipeline: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     log = tmp_path_factory.mktemp("serve-engine-log") / "server.log"
     settings = {"serve__max_rows": MAX_ROWS, "serve__max_in_flight": MAX_IN_FLIGHT,
                 "serve__max_body_bytes": MAX_BODY_BYTES, "serve__max_pixels": max_pixels,
-                "serve__reload_poll_s": RELOAD_POLL_S, "serve__retry_after_s": 1}
+                "serve__reload_poll_s": RELOAD_POLL_S, "serve__retry_after_s": 1,
+                # The runtime `auto` picks on this machine kind (ONNX Runtime on the version's model.onnx).
+                "batch_predict__runtime": "onnx"}
     command = [sys.executable, "-m", "catalog_classifier", "serve", "--engine", "ray", "--port", str(port),
                *cli_args(project, NAME, **settings)]
     environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
@@ -225,6 +227,7 @@ def test_health_and_readiness_report_the_served_version(served: Server) -> None:
     assert (status, payload, headers["x-model-version"]) == (200, {"status": "ok", "model_version": "1"}, "1")
     status, _, payload = served.call("GET", "/ready")
     assert status == 200 and payload["ready"] is True and payload["model_version"] == "1"
+    assert payload["runtime"] == "onnx"
     assert payload["limits"]["max_rows"] == MAX_ROWS and payload["limits"]["max_in_flight"] == MAX_IN_FLIGHT
     assert payload["batched_images"] >= payload["batches"] >= 1
 

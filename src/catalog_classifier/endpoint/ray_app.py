@@ -44,12 +44,24 @@ VERSION_HEADER = "X-Model-Version"
 app = FastAPI(title="catalog-classifier champion", docs_url=None, redoc_url=None)
 
 
-def _load(model_uri: str) -> BatchModel:
+def _load(model_uri: str, runtime: str, onnx_batch: int) -> BatchModel:
     """The version's data files, checked against the sha256 recorded at registration: nothing from the registry
-    runs here (registry/artifact.py)."""
-    from catalog_classifier.registry.artifact import load_champion
+    runs here (registry/artifact.py). On ``onnx`` the forward pass is ONNX Runtime on the version's own
+    ``model.onnx`` (exported from its weights if an older version lacks one)."""
+    import tempfile
+    from pathlib import Path
 
-    return BatchModel(load_champion(model_uri)[0])
+    from catalog_classifier.modeling.inference_runtime import ONNX
+    from catalog_classifier.modeling.onnx_runtime import with_onnx
+    from catalog_classifier.modeling.prediction import ImageClassifier
+    from catalog_classifier.registry.artifact import fetch_verified
+
+    with tempfile.TemporaryDirectory(prefix="catalog-replica-") as folder:
+        verified = fetch_verified(model_uri, Path(folder) / "version")
+        classifier = ImageClassifier.from_dir(verified.directory)
+        if runtime == ONNX:  # the session has read the graph: the folder may go
+            classifier = with_onnx(classifier, verified.directory, Path(folder), onnx_batch)
+    return BatchModel(classifier)
 
 
 def _refusal(refused: Refused, version: str, retry_after_s: int | None = None) -> JSONResponse:
@@ -77,7 +89,8 @@ class ClassifierDeployment:
         mlflow.set_registry_uri(spec["tracking_uri"])
         self.version = str(spec["version"])
         self.limits = Limits(**spec["limits"])
-        self.model = _load(spec["model_uri"])
+        self.runtime, self.onnx_batch = spec["runtime"], int(spec["onnx_batch"])
+        self.model = _load(spec["model_uri"], self.runtime, self.onnx_batch)
         if spec["torch_threads"]:
             import torch
 
@@ -91,7 +104,7 @@ class ClassifierDeployment:
     async def switch_to(self, model_uri: str, version: str) -> str:
         """Blue/green: load ``version`` while the served one keeps answering, then serve it. Called through a
         deployment handle when the champion alias moves; returns the version now served."""
-        model = await asyncio.to_thread(_load, model_uri)
+        model = await asyncio.to_thread(_load, model_uri, self.runtime, self.onnx_batch)
         self.model, self.version = model, str(version)  # one step for the event loop: no request sees half of it
         return self.version
 
@@ -103,7 +116,8 @@ class ClassifierDeployment:
     @app.get("/ready")
     async def ready(self) -> JSONResponse:
         # The constructor loaded the model; a replica only receives traffic once it has returned.
-        return JSONResponse({"ready": True, "model_version": self.version, "limits": asdict(self.limits),
+        return JSONResponse({"ready": True, "model_version": self.version, "runtime": self.runtime,
+                             "limits": asdict(self.limits),
                              "batches": self.batches, "batched_images": self.batched_images},
                             headers={VERSION_HEADER: self.version})
 

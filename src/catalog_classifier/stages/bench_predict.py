@@ -16,7 +16,7 @@ from catalog_classifier.config.layout import Project
 from catalog_classifier.data.manifests import read_manifest
 from catalog_classifier.modeling.bench_suite import cpu_name
 from catalog_classifier.modeling.benchmark import predict_classifier
-from catalog_classifier.modeling.onnx_runtime import parity
+from catalog_classifier.modeling.onnx_runtime import export_classifier_dir, parity
 from catalog_classifier.modeling.predict_bench import (
     cli_command,
     decide,
@@ -60,6 +60,9 @@ def _served_folder(project: Project, model_name: str, classifier: Any, folder: P
     autolabel = project.autolabel(model_name)
     directory = write_classifier_dir(weights, folder / "classifier", pipeline_inference_settings(project.params),
                                      autolabel if autolabel.is_file() else None)
+    # As a registered version carries it: predict loads the graph instead of exporting at start (an export
+    # took the 10,000-row run's peak RSS to 2.3 GB, against 1.4 GB with the registered graph).
+    export_classifier_dir(directory)
     return directory
 
 

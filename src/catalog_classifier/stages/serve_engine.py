@@ -29,8 +29,15 @@ def serve_limits(project: Project) -> Limits:
 
 
 def app_spec(project: Project, served: ServedVersion, tracking_uri: str) -> dict[str, Any]:
-    """Plain values for the replica (they cross into a Ray actor)."""
-    return {"model_uri": served.uri, "version": served.version, "tracking_uri": tracking_uri,
+    """Plain values for the replica (they cross into a Ray actor); its runtime is the faster one for single images
+    on this machine as `make bench-predict` measured it (``batch_predict.runtime``: auto), as predict's is."""
+    from catalog_classifier.modeling.inference_runtime import choose_runtime
+    from catalog_classifier.stages.serve import PREDICT_BENCH
+
+    settings = project.params.batch_predict
+    runtime = choose_runtime(settings.runtime, project.path(project.params.bench.out_dir) / PREDICT_BENCH, "single")
+    return {"runtime": runtime, "onnx_batch": settings.onnx_batch,
+            "model_uri": served.uri, "version": served.version, "tracking_uri": tracking_uri,
             "limits": asdict(serve_limits(project)), "max_batch_size": project.params.serve.max_batch_size,
             "batch_wait_ms": project.params.serve.batch_wait_ms, "num_cpus": available_cores(),
             "torch_threads": project.params.serve.torch_threads}
