@@ -25,10 +25,10 @@ from catalog_classifier.modeling.benchmark import (
     predict_classifier,
     predict_paths,
 )
+from catalog_classifier.modeling.fit_loop import FitSettings, predict_logits
 from catalog_classifier.modeling.frozen import UnscaledHead, extract_features, fit_frozen
 from catalog_classifier.modeling.models import create_classifier, save_classifier
 from catalog_classifier.modeling.prediction import InferenceSettings
-from catalog_classifier.modeling.training import FitSettings, predict_logits
 from catalog_classifier.ops.bounded import run_bounded
 from catalog_classifier.ops.io import read_json, write_json
 from catalog_classifier.ops.runtime import Runtime

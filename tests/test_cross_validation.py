@@ -10,7 +10,7 @@ from torch import nn
 
 from catalog_classifier.data.imageset import ImageSet
 from catalog_classifier.modeling.cross_validation import calibration_logits, cross_validate_head, too_small
-from catalog_classifier.modeling.training import FitSettings
+from catalog_classifier.modeling.fit_loop import FitSettings
 from catalog_classifier.ops.runtime import Runtime
 
 FP32 = Runtime(threads=1, channels_last=False, bf16=False)

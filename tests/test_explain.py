@@ -22,8 +22,8 @@ from PIL import Image
 
 from catalog_classifier.data.imageset import ImageSet
 from catalog_classifier.explanations import attribution as ex
+from catalog_classifier.modeling.fit_loop import FitSettings, fit
 from catalog_classifier.modeling.models import create_classifier
-from catalog_classifier.modeling.training import FitSettings, fit
 from catalog_classifier.ops.runtime import Runtime, seed_everything
 
 SIZE, SQUARE, CLASSES = 64, 16, 4

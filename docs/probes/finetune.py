@@ -1,12 +1,18 @@
 """Full fine-tuning probe of tf_efficientnet_lite0 (ImageNet from the wheel), validation only."""
-import json, logging, sys, time
+import json
+import logging
+import sys
+import time
+
 import torch
+
 from catalog_classifier.config.layout import Project
-from catalog_classifier.modeling.models import create_classifier
 from catalog_classifier.data.imageset import decode_manifest
-from catalog_classifier.stages.split import read_manifest
+from catalog_classifier.modeling.fit_loop import FitSettings, fit
+from catalog_classifier.modeling.models import create_classifier
 from catalog_classifier.ops.runtime import resolve_runtime, seed_everything
-from catalog_classifier.modeling.training import fit, FitSettings
+from catalog_classifier.stages.split import read_manifest
+
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 project = Project.load("params.yaml")
 runtime = resolve_runtime("auto", "auto", None)

@@ -1,14 +1,19 @@
 """Recipe probe for tf_efficientnet_lite0 (frozen head on cached features), chosen on validation only."""
-import time, json, sys, itertools
+import itertools
+import json
+import sys
+import time
+
 import torch
-from catalog_classifier.config.layout import Project
-from catalog_classifier.modeling.models import create_classifier, freeze_backbone
-from catalog_classifier.data.imageset import decode_manifest, ImageSet
-from catalog_classifier.stages.split import read_manifest
-from catalog_classifier.ops.runtime import resolve_runtime, seed_everything
-from catalog_classifier.modeling.frozen import extract_features, UnscaledHead, head_runtime
-from catalog_classifier.modeling.training import fit, FitSettings, predict_logits, macro_f1
 from sklearn.metrics import f1_score
+
+from catalog_classifier.config.layout import Project
+from catalog_classifier.data.imageset import ImageSet, decode_manifest
+from catalog_classifier.modeling.fit_loop import FitSettings, fit, macro_f1, predict_logits
+from catalog_classifier.modeling.frozen import UnscaledHead, extract_features, head_runtime
+from catalog_classifier.modeling.models import create_classifier, freeze_backbone
+from catalog_classifier.ops.runtime import resolve_runtime, seed_everything
+from catalog_classifier.stages.split import read_manifest
 
 project = Project.load("params.yaml")
 classes = project.params.data.classes

@@ -1,12 +1,17 @@
 """Second recipe probe (frozen lite0 head): stronger weight decay; validation only. Uses /tmp/lite0_feats.pt."""
-import json, itertools, logging
+import itertools
+import json
+import logging
+
 import torch
 from sklearn.metrics import f1_score
+
 from catalog_classifier.data.imageset import ImageSet
-from catalog_classifier.modeling.models import create_classifier
+from catalog_classifier.modeling.fit_loop import FitSettings, fit, macro_f1, predict_logits
 from catalog_classifier.modeling.frozen import UnscaledHead, head_runtime
+from catalog_classifier.modeling.models import create_classifier
 from catalog_classifier.ops.runtime import resolve_runtime, seed_everything
-from catalog_classifier.modeling.training import fit, FitSettings, predict_logits, macro_f1
+
 logging.disable(logging.INFO)
 feats = torch.load("/tmp/lite0_feats.pt", weights_only=False)
 runtime = head_runtime(resolve_runtime("auto", "auto", None))

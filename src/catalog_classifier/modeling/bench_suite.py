@@ -32,9 +32,9 @@ from catalog_classifier.modeling.benchmark import (
     predict_paths,
     take_sample,
 )
+from catalog_classifier.modeling.fit_loop import settings_from
 from catalog_classifier.modeling.models import create_classifier
 from catalog_classifier.modeling.prediction import pipeline_inference_settings
-from catalog_classifier.modeling.training import settings_from
 from catalog_classifier.ops.io import read_json
 from catalog_classifier.ops.runtime import Runtime, resolve_runtime
 

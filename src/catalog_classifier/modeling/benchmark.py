@@ -5,7 +5,7 @@ Why: on a 2-core CPU, how the training loop is written decides whether a model c
 hours; these figures show what the project's choices (decode once, uint8 in memory, channels_last, bf16
 autocast, cached frozen features) buy, and how far from the hardware's limit they still are.
 
-- The *project* training step is :func:`catalog_classifier.modeling.training.train_one_epoch` itself, called on decoded
+- The *project* training step is :func:`catalog_classifier.modeling.fit_loop.train_one_epoch` itself, called on decoded
   uint8 images in memory, with the runtime the pipeline resolves (channels_last, bf16 autocast when native).
 - The *naive* baseline is the textbook loop: a ``Dataset`` that opens each JPEG with PIL and applies
   torchvision ``Resize`` + ``ToTensor`` + ``Normalize`` at every step, a ``DataLoader``, fp32, NCHW, the same
@@ -42,6 +42,7 @@ from torch import nn
 
 from catalog_classifier.data.images import load_rgb, resize_to_array
 from catalog_classifier.data.imageset import DataConfig, ImageSet, decode_manifest
+from catalog_classifier.modeling.fit_loop import FitSettings, create_optimizer, predict_logits, train_one_epoch
 from catalog_classifier.modeling.models import Classifier, create_classifier, load_classifier
 from catalog_classifier.modeling.prediction import (
     Calibration,
@@ -51,7 +52,6 @@ from catalog_classifier.modeling.prediction import (
     single_image_latency,
     time_calls,
 )
-from catalog_classifier.modeling.training import FitSettings, create_optimizer, predict_logits, train_one_epoch
 from catalog_classifier.ops.bounded import run_bounded
 from catalog_classifier.ops.runtime import Runtime
 

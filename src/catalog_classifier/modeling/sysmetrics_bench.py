@@ -34,9 +34,9 @@ import torch
 from catalog_classifier.config.layout import Project
 from catalog_classifier.data.catalogue import read_catalogue
 from catalog_classifier.data.imageset import decode_manifest
+from catalog_classifier.modeling.fit_loop import settings_from
 from catalog_classifier.modeling.frozen import fit_model
 from catalog_classifier.modeling.models import create_classifier
-from catalog_classifier.modeling.training import settings_from
 from catalog_classifier.ops.runtime import resolve_runtime, seed_everything
 
 OFF = "off"
