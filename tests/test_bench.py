@@ -15,9 +15,8 @@ import yaml
 from conftest import tiny_params, write_tiny_catalogue
 
 from catalog_classifier import cli
-from catalog_classifier.config.layout import Project
-from catalog_classifier.data.imageset import ImageSet, to_float
-from catalog_classifier.modeling.benchmark import (
+from catalog_classifier.benchmarks.isolated_call import run_bounded
+from catalog_classifier.benchmarks.speed import (
     TimedClassifier,
     batch_predict_throughput,
     compile_verdict,
@@ -25,13 +24,14 @@ from catalog_classifier.modeling.benchmark import (
     predict_classifier,
     predict_paths,
 )
+from catalog_classifier.config.layout import Project
+from catalog_classifier.data.imageset import ImageSet, to_float
 from catalog_classifier.modeling.fit_loop import FitSettings, predict_logits
 from catalog_classifier.modeling.frozen import UnscaledHead, extract_features, fit_frozen
 from catalog_classifier.modeling.models import create_classifier, save_classifier
 from catalog_classifier.modeling.prediction import InferenceSettings
-from catalog_classifier.ops.bounded import run_bounded
+from catalog_classifier.modeling.torch_setup import Runtime
 from catalog_classifier.ops.io import read_json, write_json
-from catalog_classifier.ops.runtime import Runtime
 from catalog_classifier.stages.split import run_split
 
 RECORDED_FIT_S = 120.0
@@ -212,8 +212,8 @@ def test_a_frozen_pipeline_run_is_not_taken_for_full_fine_tuning(tmp_path: Path)
     import yaml
     from conftest import tiny_params
 
+    from catalog_classifier.benchmarks.suite import recorded_full_fit
     from catalog_classifier.config.layout import Project
-    from catalog_classifier.modeling.bench_suite import recorded_full_fit
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()), encoding="utf-8")
     project = Project.load(tmp_path / "params.yaml")

@@ -24,7 +24,7 @@ from catalog_classifier.data.imageset import ImageSet
 from catalog_classifier.explanations import attribution as ex
 from catalog_classifier.modeling.fit_loop import FitSettings, fit
 from catalog_classifier.modeling.models import create_classifier
-from catalog_classifier.ops.runtime import Runtime, seed_everything
+from catalog_classifier.modeling.torch_setup import Runtime, seed_everything
 
 SIZE, SQUARE, CLASSES = 64, 16, 4
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

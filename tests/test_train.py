@@ -12,7 +12,7 @@ from torch import nn
 from catalog_classifier.data.imageset import ImageSet, augment_batch, iterate_batches
 from catalog_classifier.modeling.fit_loop import FitSettings, fit, macro_f1, validate
 from catalog_classifier.modeling.metrics import classification_metrics
-from catalog_classifier.ops.runtime import Runtime, cpu_has_native_bf16, seed_everything
+from catalog_classifier.modeling.torch_setup import Runtime, cpu_has_native_bf16, seed_everything
 
 FP32 = Runtime(threads=1, channels_last=False, bf16=False)
 

@@ -10,7 +10,7 @@ from catalog_classifier.config.layout import Project
 from catalog_classifier.data.imageset import decode_manifest
 from catalog_classifier.modeling.fit_loop import FitSettings, fit
 from catalog_classifier.modeling.models import create_classifier
-from catalog_classifier.ops.runtime import resolve_runtime, seed_everything
+from catalog_classifier.modeling.torch_setup import resolve_runtime, seed_everything
 from catalog_classifier.stages.split import read_manifest
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -12,7 +12,7 @@ from catalog_classifier.data.imageset import ImageSet, decode_manifest
 from catalog_classifier.modeling.fit_loop import FitSettings, fit, macro_f1, predict_logits
 from catalog_classifier.modeling.frozen import UnscaledHead, extract_features, head_runtime
 from catalog_classifier.modeling.models import create_classifier, freeze_backbone
-from catalog_classifier.ops.runtime import resolve_runtime, seed_everything
+from catalog_classifier.modeling.torch_setup import resolve_runtime, seed_everything
 from catalog_classifier.stages.split import read_manifest
 
 project = Project.load("params.yaml")

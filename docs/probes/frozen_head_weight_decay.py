@@ -10,7 +10,7 @@ from catalog_classifier.data.imageset import ImageSet
 from catalog_classifier.modeling.fit_loop import FitSettings, fit, macro_f1, predict_logits
 from catalog_classifier.modeling.frozen import UnscaledHead, head_runtime
 from catalog_classifier.modeling.models import create_classifier
-from catalog_classifier.ops.runtime import resolve_runtime, seed_everything
+from catalog_classifier.modeling.torch_setup import resolve_runtime, seed_everything
 
 logging.disable(logging.INFO)
 feats = torch.load("/tmp/lite0_feats.pt", weights_only=False)

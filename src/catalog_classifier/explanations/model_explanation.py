@@ -23,7 +23,7 @@ from catalog_classifier.data.imageset import decode_manifest, to_float
 from catalog_classifier.data.manifests import read_manifest
 from catalog_classifier.explanations import attribution as ex
 from catalog_classifier.modeling.models import load_classifier
-from catalog_classifier.ops.runtime import Runtime, resolve_runtime, seed_everything
+from catalog_classifier.modeling.torch_setup import Runtime, resolve_runtime, seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from torch import nn
 from catalog_classifier.data.imageset import ImageSet
 from catalog_classifier.modeling.fit_loop import FitSettings, fit, predict_logits
 from catalog_classifier.modeling.frozen import UnscaledHead, head_runtime
+from catalog_classifier.modeling.torch_setup import Runtime
 from catalog_classifier.modeling.uncertainty import macro_f1
-from catalog_classifier.ops.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from catalog_classifier.config.params import FROZEN_AUGMENT_MESSAGE
 from catalog_classifier.data.imageset import ImageSet, iterate_batches, to_float
 from catalog_classifier.modeling.fit_loop import EpochCallback, FitResult, FitSettings, fit, macro_f1, predict_logits
 from catalog_classifier.modeling.models import Classifier, freeze_backbone
-from catalog_classifier.ops.runtime import Runtime
+from catalog_classifier.modeling.torch_setup import Runtime
 
 log = logging.getLogger(__name__)
 

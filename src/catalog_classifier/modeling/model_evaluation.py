@@ -28,9 +28,9 @@ from catalog_classifier.modeling.metrics import (
 )
 from catalog_classifier.modeling.models import load_classifier
 from catalog_classifier.modeling.prediction import ImageClassifier, pipeline_inference_settings, single_image_latency
+from catalog_classifier.modeling.torch_setup import resolve_runtime
 from catalog_classifier.modeling.uncertainty import Interval, bootstrap_macro_f1
 from catalog_classifier.ops.io import read_json
-from catalog_classifier.ops.runtime import resolve_runtime
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 from catalog_classifier.config.layout import Project
 from catalog_classifier.endpoint.champion import NoChampion, ServedVersion, resolve_champion
 from catalog_classifier.endpoint.payload import Limits
-from catalog_classifier.ops.runtime import available_cores
+from catalog_classifier.modeling.torch_setup import available_cores
 from catalog_classifier.registry.tracking import setup_mlflow
 
 log = logging.getLogger(__name__)

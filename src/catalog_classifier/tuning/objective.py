@@ -20,7 +20,7 @@ from catalog_classifier.data.imageset import DataConfig, ImageSet, decode_manife
 from catalog_classifier.modeling.fit_loop import FitResult, settings_from
 from catalog_classifier.modeling.frozen import fit_model
 from catalog_classifier.modeling.models import create_classifier
-from catalog_classifier.ops.runtime import Runtime, seed_everything
+from catalog_classifier.modeling.torch_setup import Runtime, seed_everything
 from catalog_classifier.tuning.shared import WORKER_ATTR
 from catalog_classifier.tuning.study import MODEL_KEY, suggest, trial_train_params
 

@@ -1,7 +1,7 @@
 """The bench's suite: every model measured side by side on one machine in one run, from the project's params.
 
-The measurements themselves are in :mod:`catalog_classifier.modeling.benchmark`; the Markdown page is
-:mod:`catalog_classifier.reporting.bench_page`; the bench stage writes and logs what this returns.
+The measurements themselves are in :mod:`catalog_classifier.benchmarks.speed`; the Markdown page is
+:mod:`catalog_classifier.benchmarks.results_page`; the bench stage writes and logs what this returns.
 """
 
 from __future__ import annotations
@@ -15,11 +15,7 @@ from typing import Any
 
 import torch
 
-from catalog_classifier.config.layout import Project
-from catalog_classifier.data.imageset import decode_manifest
-from catalog_classifier.data.manifests import read_manifest
-from catalog_classifier.data.splitting import SPLITS
-from catalog_classifier.modeling.benchmark import (
+from catalog_classifier.benchmarks.speed import (
     DEFAULT_FIT_EPOCHS,
     BenchSettings,
     batch_predict_throughput,
@@ -32,11 +28,15 @@ from catalog_classifier.modeling.benchmark import (
     predict_paths,
     take_sample,
 )
+from catalog_classifier.config.layout import Project
+from catalog_classifier.data.imageset import decode_manifest
+from catalog_classifier.data.manifests import read_manifest
+from catalog_classifier.data.splitting import SPLITS
 from catalog_classifier.modeling.fit_loop import settings_from
 from catalog_classifier.modeling.models import create_classifier
 from catalog_classifier.modeling.prediction import pipeline_inference_settings
+from catalog_classifier.modeling.torch_setup import Runtime, resolve_runtime
 from catalog_classifier.ops.io import read_json
-from catalog_classifier.ops.runtime import Runtime, resolve_runtime
 
 log = logging.getLogger(__name__)
 

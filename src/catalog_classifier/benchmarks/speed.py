@@ -18,7 +18,7 @@ autocast, cached frozen features) buy, and how far from the hardware's limit the
   work is not counted) for one forward pass per image; a training step counts as 3 forward passes.
 
 Every timing here is a measurement of the machine at that moment: nothing asserts on it.
-Only measuring lives here: the Markdown tables of these figures are :mod:`catalog_classifier.reporting.bench_page`.
+Only measuring lives here: the Markdown tables of these figures are :mod:`catalog_classifier.benchmarks.results_page`.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from catalog_classifier.benchmarks.isolated_call import run_bounded
 from catalog_classifier.data.images import load_rgb, resize_to_array
 from catalog_classifier.data.imageset import DataConfig, ImageSet, decode_manifest
 from catalog_classifier.modeling.fit_loop import FitSettings, create_optimizer, predict_logits, train_one_epoch
@@ -52,8 +53,7 @@ from catalog_classifier.modeling.prediction import (
     single_image_latency,
     time_calls,
 )
-from catalog_classifier.ops.bounded import run_bounded
-from catalog_classifier.ops.runtime import Runtime
+from catalog_classifier.modeling.torch_setup import Runtime
 
 log = logging.getLogger(__name__)
 
