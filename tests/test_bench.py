@@ -15,17 +15,16 @@ import yaml
 from conftest import tiny_params, write_tiny_catalogue
 
 from catalog_classifier import cli
-from catalog_classifier.benchmarks.isolated_call import run_bounded
-from catalog_classifier.benchmarks.speed import (
+from catalog_classifier.benchmarks.batch_predict_speed import (
     TimedClassifier,
-    Timing,
     batch_predict_throughput,
-    compile_verdict,
-    frozen_versus_full,
     predict_classifier,
     predict_paths,
-    training_figures,
 )
+from catalog_classifier.benchmarks.compile_speed import compile_verdict
+from catalog_classifier.benchmarks.frozen_speed import frozen_versus_full
+from catalog_classifier.benchmarks.isolated_call import run_bounded
+from catalog_classifier.benchmarks.loop_speed import Timing, training_figures
 from catalog_classifier.config.layout import Project
 from catalog_classifier.data.imageset import ImageSet, to_float
 from catalog_classifier.modeling.fit_loop import FitSettings, predict_logits

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from catalog_classifier.benchmarks.batch_predict_speed import predict_classifier
 from catalog_classifier.benchmarks.prediction_runtimes import (
     cli_command,
     decide,
@@ -20,7 +21,6 @@ from catalog_classifier.benchmarks.prediction_runtimes import (
     runtime_variants,
     write_repeated_csv,
 )
-from catalog_classifier.benchmarks.speed import predict_classifier
 from catalog_classifier.benchmarks.suite import cpu_name
 from catalog_classifier.config.layout import Project
 from catalog_classifier.data.manifests import read_manifest
