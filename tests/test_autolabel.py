@@ -69,6 +69,9 @@ def test_wilson_interval_matches_the_hand_computed_one() -> None:
     low, high = wilson_interval(8, 10, 0.95)
     assert low == pytest.approx(0.490162, abs=1e-6) and high == pytest.approx(0.943318, abs=1e-6)
     assert wilson_interval(5, 5, 0.95)[1] == 1.0 and wilson_interval(0, 0, 0.95) is None
+    # 0/5 and 5/5: the bounds are z²/(n + z²) = 3.841459 / 8.841459 = 0.434482 and n/(n + z²) = 0.565518.
+    assert wilson_interval(0, 5, 0.95) == pytest.approx((0.0, 0.434482), abs=1e-6)
+    assert wilson_interval(5, 5, 0.95) == pytest.approx((0.565518, 1.0), abs=1e-6)
 
 
 def test_coverage_at_counts_per_true_class() -> None:
