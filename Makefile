@@ -1,4 +1,5 @@
-# Everything runs inside .venv, created from requirements.lock on first use (offline apart from the package index).
+# Everything runs inside .venv, created from requirements.lock on first use (offline apart from the package registries:
+# pip for .venv; apt for chromium and postgresql when `make test` finds them missing).
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv

@@ -137,9 +137,9 @@ def bench(params_file: str, model_uri: str | None) -> list[dict[str, Any]]:
     import os
     import tempfile
 
+    from catalog_classifier.benchmarks.prediction_runtimes import write_repeated_csv
+    from catalog_classifier.benchmarks.suite import cpu_name
     from catalog_classifier.config.layout import Project
-    from catalog_classifier.modeling.bench_suite import cpu_name
-    from catalog_classifier.modeling.predict_bench import write_repeated_csv
     from catalog_classifier.ops.io import write_json
 
     project = Project.load(params_file)

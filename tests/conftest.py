@@ -170,7 +170,7 @@ def postgres() -> Iterator[Any]:
     Tests create their own databases on it (``postgres.create_database(name)`` returns the URL)."""
     from server_helpers import free_port
 
-    from catalog_classifier.ops.postgres import PostgresCluster
+    from catalog_classifier.infra.postgres import PostgresCluster
 
     # Not under pytest's tmp_path: that tree is private to root, and as root the server runs as `postgres`.
     root = Path(tempfile.mkdtemp(prefix="catalog-pg-"))

@@ -69,6 +69,9 @@ def test_wilson_interval_matches_the_hand_computed_one() -> None:
     low, high = wilson_interval(8, 10, 0.95)
     assert low == pytest.approx(0.490162, abs=1e-6) and high == pytest.approx(0.943318, abs=1e-6)
     assert wilson_interval(5, 5, 0.95)[1] == 1.0 and wilson_interval(0, 0, 0.95) is None
+    # 0/5 and 5/5: the bounds are z²/(n + z²) = 3.841459 / 8.841459 = 0.434482 and n/(n + z²) = 0.565518.
+    assert wilson_interval(0, 5, 0.95) == pytest.approx((0.0, 0.434482), abs=1e-6)
+    assert wilson_interval(5, 5, 0.95) == pytest.approx((0.565518, 1.0), abs=1e-6)
 
 
 def test_coverage_at_counts_per_true_class() -> None:
@@ -123,15 +126,12 @@ def test_autolabel_report_chooses_on_val_and_measures_on_test() -> None:
     labels = {split: _synthetic(2.0, seed)[1] for split, seed in (("val", 2), ("test", 3))}
     report = autolabel_report("m", logits, labels, ["a", "b", "c", "d"], params)
     summary = report.summary
-    probabilities = calibrated_probabilities(logits["val"], summary["temperature"])
-    # No calibration set given: val is it. The threshold rests on the 95 % lower bound of precision, not the point.
-    expected = choose_threshold(probabilities.max(1), probabilities.argmax(1) == labels["val"], 0.9,
-                                bound_confidence=0.95)
-    point = choose_threshold(probabilities.max(1), probabilities.argmax(1) == labels["val"], 0.9)
-    assert (summary["threshold"], summary["val"]["n_auto"], summary["reachable"]) == (
-        expected.threshold, expected.n_auto, True)
-    assert summary["calibration"]["source"] == "val" and summary["calibration"]["n_auto"] == expected.n_auto
-    assert summary["calibration"]["precision_lower_bound"] >= 0.9 and expected.n_auto < point.n_auto
+    # No calibration set given: val is it (the threshold itself is checked by hand in the test below).
+    val_confidence = calibrated_probabilities(logits["val"], summary["temperature"]).max(1)
+    assert summary["reachable"] and summary["calibration"]["source"] == "val"
+    auto_val = int((val_confidence >= summary["threshold"]).sum())
+    assert summary["val"]["n_auto"] == summary["calibration"]["n_auto"] == auto_val
+    assert summary["calibration"]["precision_lower_bound"] >= 0.9
     test_confidence = calibrated_probabilities(logits["test"], summary["temperature"]).max(1)
     auto_test = int((test_confidence >= summary["threshold"]).sum())
     assert summary["test"]["n_auto"] == auto_test == report.auto["test"].sum()
@@ -139,6 +139,26 @@ def test_autolabel_report_chooses_on_val_and_measures_on_test() -> None:
     assert list(report.curve.columns) == ["split", "threshold", "coverage", "precision"]
     assert report.curve.groupby("split")["coverage"].max().to_dict() == {"test": 1.0, "val": 1.0}
 
+
+
+def test_the_threshold_rests_on_the_precision_bound_worked_out_by_hand() -> None:
+    # Two classes, so a higher margin is a higher confidence whatever temperature is fitted. Val: 40 images, margins
+    # 9.8, 9.6, ..., 2.0; the 30 most confident are right, the 10 others wrong. One-sided 95 % Clopper-Pearson lower
+    # bound of k right out of k: 0.05 ** (1 / k) >= 0.9 from k = 29 on (30: 0.904966). With the 31st image (30/31)
+    # the bound is the 5 % quantile of Beta(30, 2), x**30 * (31 - 30 x) = 0.05 at x = 0.856 < 0.9, and it only falls
+    # from there: 30 images are auto-labelled. (The point precision would take 33: 30/33 = 0.909 >= 0.9 > 30/34.)
+    margins = 10 - 0.2 * np.arange(1, 41)
+    val_logits = np.stack([margins, np.zeros(40)], axis=1)
+    val_labels = np.array([0] * 30 + [1] * 10)
+    # Test: the margins of val ranks 1-10 (above the threshold) and 31-40 (below it), all right.
+    test_logits = np.concatenate([val_logits[:10], val_logits[30:]])
+    params = AutolabelParams(target_precision=0.9, ece_bins=10, interval_confidence=0.95)
+    summary = autolabel_report("m", {"val": val_logits, "test": test_logits},
+                               {"val": val_labels, "test": np.zeros(20, dtype=int)}, ["a", "b"], params).summary
+    assert summary["reachable"] and summary["val"]["n_auto"] == 30 and summary["test"]["n_auto"] == 10
+    assert summary["calibration"]["precision_lower_bound"] == pytest.approx(0.904966, abs=1e-4)
+    # The threshold is the calibrated confidence of the 30th image (margin 4.0): 1 / (1 + e^(-4.0 / T)).
+    assert summary["threshold"] == pytest.approx(1 / (1 + math.exp(-4.0 / summary["temperature"])))
 
 def _coverage(frame: pd.DataFrame) -> float:
     return float(frame["auto_labelled"].mean())

@@ -10,8 +10,8 @@ from torch import nn
 
 from catalog_classifier.data.imageset import ImageSet
 from catalog_classifier.modeling.cross_validation import calibration_logits, cross_validate_head, too_small
-from catalog_classifier.modeling.training import FitSettings
-from catalog_classifier.ops.runtime import Runtime
+from catalog_classifier.modeling.fit_loop import FitSettings
+from catalog_classifier.modeling.torch_setup import Runtime
 
 FP32 = Runtime(threads=1, channels_last=False, bf16=False)
 SETTINGS = FitSettings(max_epochs=30, patience=5, batch_size=16, optimizer="adamw", lr=0.05, weight_decay=0.0)

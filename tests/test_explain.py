@@ -21,10 +21,14 @@ from conftest import real_params
 from PIL import Image
 
 from catalog_classifier.data.imageset import ImageSet
-from catalog_classifier.explanations import attribution as ex
+from catalog_classifier.explanations import drawing as draw
+from catalog_classifier.explanations import explainers as expl
+from catalog_classifier.explanations import faithfulness as faithful
+from catalog_classifier.explanations import heatmap_summary as heat
+from catalog_classifier.explanations import image_choice as pick
+from catalog_classifier.modeling.fit_loop import FitSettings, fit
 from catalog_classifier.modeling.models import create_classifier
-from catalog_classifier.modeling.training import FitSettings, fit
-from catalog_classifier.ops.runtime import Runtime, seed_everything
+from catalog_classifier.modeling.torch_setup import Runtime, seed_everything
 
 SIZE, SQUARE, CLASSES = 64, 16, 4
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -60,9 +64,9 @@ def trained() -> dict:
     fit(model, train, val, settings, runtime, generator, CLASSES)
     model.eval()
     images = val.pixels.float() / 255
-    scorer = ex.make_scorer(model, batch_size=64)
+    scorer = expl.make_scorer(model, batch_size=64)
     accuracy = float((scorer(images).argmax(1) == val.labels.numpy()).mean())
-    layer = ex.resolve_layer(model, LAYER)
+    layer = expl.resolve_layer(model, LAYER)
     return {"model": model, "layer": layer, "images": images, "labels": val.labels.numpy(), "corners": corners,
             "scorer": scorer, "accuracy": accuracy}
 
@@ -78,7 +82,7 @@ def test_the_tiny_model_learned_the_task(trained: dict) -> None:
 
 
 def test_gradcam_peak_falls_on_the_square(trained: dict) -> None:
-    cams = ex.gradcam_maps(trained["model"], trained["layer"], trained["images"], trained["labels"].tolist(), 8)
+    cams = expl.gradcam_maps(trained["model"], trained["layer"], trained["images"], trained["labels"].tolist(), 8)
     hits = [on_square(*np.unravel_index(cam.argmax(), cam.shape), corner)
             for cam, corner in zip(cams, trained["corners"], strict=True)]
     assert np.mean(hits) >= 0.9, hits
@@ -90,8 +94,8 @@ def test_gradcam_peak_falls_on_the_square(trained: dict) -> None:
 
 def test_heatmaps_have_the_input_shape_and_change_with_the_target_class(trained: dict) -> None:
     images = trained["images"][:4]
-    own = ex.gradcam_maps(trained["model"], trained["layer"], images, trained["labels"][:4].tolist(), 4)
-    other = ex.gradcam_maps(trained["model"], trained["layer"], images, ((trained["labels"][:4] + 1) % 4).tolist(), 4)
+    own = expl.gradcam_maps(trained["model"], trained["layer"], images, trained["labels"][:4].tolist(), 4)
+    other = expl.gradcam_maps(trained["model"], trained["layer"], images, ((trained["labels"][:4] + 1) % 4).tolist(), 4)
     assert own.shape == other.shape == (4, SIZE, SIZE)
     assert own.min() >= 0 and own.max() <= 1
     for mine, theirs in zip(own, other, strict=True):
@@ -102,7 +106,7 @@ def test_gradcam_leaves_the_model_as_it_found_it(trained: dict) -> None:
     model = trained["model"]
     flags = [param.requires_grad for param in model.parameters()]
     before = trained["scorer"](trained["images"][:4])
-    ex.gradcam_maps(model, trained["layer"], trained["images"][:4], [0, 1, 2, 3], 4)
+    expl.gradcam_maps(model, trained["layer"], trained["images"][:4], [0, 1, 2, 3], 4)
     assert [param.requires_grad for param in model.parameters()] == flags
     assert all(param.grad is None for param in model.parameters())  # backward started at the layer only
     np.testing.assert_allclose(trained["scorer"](trained["images"][:4]), before, atol=1e-6)
@@ -110,7 +114,7 @@ def test_gradcam_leaves_the_model_as_it_found_it(trained: dict) -> None:
 
 def test_a_target_class_out_of_range_raises_instead_of_dropping_maps(trained: dict) -> None:
     with pytest.raises(IndexError):
-        ex.gradcam_maps(trained["model"], trained["layer"], trained["images"][:2], [0, CLASSES], 2)
+        expl.gradcam_maps(trained["model"], trained["layer"], trained["images"][:2], [0, CLASSES], 2)
     assert not trained["layer"]._forward_hooks  # every hook released even so
 
 
@@ -118,11 +122,11 @@ def test_gradcam_deletion_auc_beats_random(trained: dict) -> None:
     images, targets = trained["images"][:16], trained["labels"][:16].tolist()
     rng = np.random.default_rng(0)
     saliencies = {
-        "gradcam": ex.gradcam_maps(trained["model"], trained["layer"], images, targets, 8),
-        "random": np.stack([ex.random_saliency((SIZE, SIZE), 8, rng) for _ in targets]),
+        "gradcam": expl.gradcam_maps(trained["model"], trained["layer"], images, targets, 8),
+        "random": np.stack([faithful.random_saliency((SIZE, SIZE), 8, rng) for _ in targets]),
     }
-    result = ex.faithfulness_curves(trained["scorer"], images, saliencies, targets, steps=8, baseline="image_mean",
-                                    seed=0)
+    result = faithful.faithfulness_curves(trained["scorer"], images, saliencies, targets, steps=8,
+                                          baseline="image_mean", seed=0)
     summary = result.summary()
     assert summary["gradcam"]["deletion_auc"] < summary["random"]["deletion_auc"] - 0.05, summary
     assert summary["gradcam"]["insertion_auc"] > summary["random"]["insertion_auc"], summary
@@ -132,7 +136,7 @@ def test_gradcam_deletion_auc_beats_random(trained: dict) -> None:
 
 
 def test_shap_puts_the_evidence_on_the_square(trained: dict) -> None:
-    explainer = ex.ShapExplainer(trained["scorer"], (SIZE, SIZE), max_evals=64, kernel=16, batch_size=64, seed=0)
+    explainer = expl.ShapExplainer(trained["scorer"], (SIZE, SIZE), max_evals=64, kernel=16, batch_size=64, seed=0)
     inside = []
     for index in range(4):
         values = explainer.explain(trained["images"][index], int(trained["labels"][index]))
@@ -146,7 +150,7 @@ def test_shap_puts_the_evidence_on_the_square(trained: dict) -> None:
 
 
 def test_shap_is_reproducible_and_not_fooled_by_a_recycled_array(trained: dict) -> None:
-    explainer = ex.ShapExplainer(trained["scorer"], (SIZE, SIZE), max_evals=64, kernel=16, batch_size=64, seed=0)
+    explainer = expl.ShapExplainer(trained["scorer"], (SIZE, SIZE), max_evals=64, kernel=16, batch_size=64, seed=0)
     first = explainer.explain(trained["images"][0].clone(), 0)
     explainer.explain(trained["images"][1].clone(), 1)
     np.testing.assert_allclose(explainer.explain(trained["images"][0].clone(), 0), first)
@@ -154,43 +158,43 @@ def test_shap_is_reproducible_and_not_fooled_by_a_recycled_array(trained: dict) 
 
 def test_default_target_layers_resolve_for_both_families() -> None:
     layers = real_params()["explain"]["target_layers"]
-    assert ex.target_layer_path("resnet50", layers) == "backbone.layer4.-1"
-    assert ex.target_layer_path("mobilevitv2_100", layers) == "backbone.stages.-1.-1"
+    assert expl.target_layer_path("resnet50", layers) == "backbone.layer4.-1"
+    assert expl.target_layer_path("mobilevitv2_100", layers) == "backbone.stages.-1.-1"
     for name in ("resnet10t", "mobilevitv2_050"):
         model, _ = create_classifier(name, 3, weights="none", image_size=64)
-        layer = ex.resolve_layer(model, ex.target_layer_path(name, layers))
+        layer = expl.resolve_layer(model, expl.target_layer_path(name, layers))
         assert layer is (model.backbone.layer4[-1] if name.startswith("resnet") else model.backbone.stages[-1][-1])
         images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-        assert ex.gradcam_maps(model.eval(), layer, images, [0, 2], 2).shape == (2, 64, 64)
+        assert expl.gradcam_maps(model.eval(), layer, images, [0, 2], 2).shape == (2, 64, 64)
 
 
 def test_target_layer_settings_fail_with_a_clear_message() -> None:
-    assert ex.target_layer_path("resnet50", {"resnet": "a", "resnet50": "b"}) == "b"  # most specific key wins
-    with pytest.raises(ex.ExplainError, match="no Grad-CAM target layer for convnext_tiny"):
-        ex.target_layer_path("convnext_tiny", {"resnet": "backbone.layer4.-1"})
+    assert expl.target_layer_path("resnet50", {"resnet": "a", "resnet50": "b"}) == "b"  # most specific key wins
+    with pytest.raises(expl.ExplainError, match="no Grad-CAM target layer for convnext_tiny"):
+        expl.target_layer_path("convnext_tiny", {"resnet": "backbone.layer4.-1"})
     model, _ = create_classifier("resnet10t", 3, weights="none", image_size=32)
-    with pytest.raises(ex.ExplainError, match="failed at 'layer9'"):
-        ex.resolve_layer(model, "backbone.layer9.-1")
+    with pytest.raises(expl.ExplainError, match="failed at 'layer9'"):
+        expl.resolve_layer(model, "backbone.layer9.-1")
 
 
 def test_perturbation_series_and_auc_by_hand() -> None:
     image = torch.full((3, 2, 2), 0.8)
     baseline = torch.full((3, 2, 2), 0.2)
-    ranks = ex.pixel_ranks(np.array([[0.9, 0.1], [0.5, 0.7]]), np.random.default_rng(0))
+    ranks = faithful.pixel_ranks(np.array([[0.9, 0.1], [0.5, 0.7]]), np.random.default_rng(0))
     assert ranks.tolist() == [[0, 3], [2, 1]]
-    deletion, insertion = ex.perturbation_series(image, ranks, 4, baseline)
+    deletion, insertion = faithful.perturbation_series(image, ranks, 4, baseline)
     # After 1 of 4 steps the top pixel (0, 0) is the baseline in deletion and restored in insertion.
     np.testing.assert_allclose(deletion[1, 0].numpy(), [[0.2, 0.8], [0.8, 0.8]])
     np.testing.assert_allclose(insertion[1, 0].numpy(), [[0.8, 0.2], [0.2, 0.2]])
     # One baseline for both curves: deletion ends where insertion starts.
     assert deletion[0].eq(image).all() and deletion[4].eq(baseline).all()
     assert insertion[0].eq(baseline).all() and insertion[4].eq(image).all()
-    assert ex.auc(np.array([1.0, 0.0, 0.0])) == pytest.approx(0.25)
-    assert ex.auc(np.array([1.0, 1.0, 1.0, 1.0, 1.0])) == pytest.approx(1.0)
+    assert faithful.auc(np.array([1.0, 0.0, 0.0])) == pytest.approx(0.25)
+    assert faithful.auc(np.array([1.0, 1.0, 1.0, 1.0, 1.0])) == pytest.approx(1.0)
 
 
 def test_ties_are_broken_at_random_not_in_raster_order() -> None:
-    ranks = ex.pixel_ranks(np.zeros((20, 20)), np.random.default_rng(0))
+    ranks = faithful.pixel_ranks(np.zeros((20, 20)), np.random.default_rng(0))
     assert sorted(ranks.ravel().tolist()) == list(range(400))
     assert ranks[:10].mean() == pytest.approx(200, abs=40)  # raster order would give the top rows ranks < 200
 
@@ -203,7 +207,7 @@ def test_local_images_named_then_most_confident_correct_and_wrong() -> None:
     })
     manifests = {"test": predictions[["image"]], "val": pd.DataFrame({"image": ["v.jpg"]}),
                  "train": pd.DataFrame({"image": ["t.jpg"]})}
-    choices, missing = ex.select_local_images(predictions, ["v.jpg", "c.jpg", "nowhere.jpg", "v.jpg"], manifests,
+    choices, missing = pick.select_local_images(predictions, ["v.jpg", "c.jpg", "nowhere.jpg", "v.jpg"], manifests,
                                               n_correct=2, n_wrong=2)
     assert [(c.image, c.kind, c.split) for c in choices] == [
         ("v.jpg", "named", "val"), ("c.jpg", "named", "test"),
@@ -216,25 +220,25 @@ def test_local_images_named_then_most_confident_correct_and_wrong() -> None:
 def test_class_means_and_heat_statistics() -> None:
     maps = np.zeros((3, 4, 4), np.float32)
     maps[0, 0, 0], maps[1, 0, 0], maps[2, 3, 3] = 1.0, 0.5, 1.0
-    means = ex.class_mean_maps(maps, np.array([0, 0, 2]), 3)
+    means = heat.class_mean_maps(maps, np.array([0, 0, 2]), 3)
     assert sorted(means) == [0, 2] and means[0][0, 0] == pytest.approx(0.75)
-    assert ex.heat_centre(maps[2]) == (1.0, 1.0)
-    assert ex.heat_centre(np.ones((5, 5))) == (0.5, 0.5)
-    assert ex.top_share(np.ones((10, 10))) == pytest.approx(0.2)
-    assert ex.top_share(maps[0]) == pytest.approx(1.0)
+    assert heat.heat_centre(maps[2]) == (1.0, 1.0)
+    assert heat.heat_centre(np.ones((5, 5))) == (0.5, 0.5)
+    assert heat.top_share(np.ones((10, 10))) == pytest.approx(0.2)
+    assert heat.top_share(maps[0]) == pytest.approx(1.0)
 
 
 def test_figures_are_valid_pngs(tmp_path, trained: dict) -> None:
     images, labels = trained["images"][:4], trained["labels"][:4]
-    cams = ex.gradcam_maps(trained["model"], trained["layer"], images, labels.tolist(), 4)
+    cams = expl.gradcam_maps(trained["model"], trained["layer"], images, labels.tolist(), 4)
     shap_values = np.random.default_rng(0).normal(size=(4, SIZE, SIZE)).astype(np.float32)
-    ex.plot_local(images[0], shap_values[0], cams[0], "true: 0 | predicted: 0 (p = 0.99)", tmp_path / "local.png")
-    ex.plot_class_means(ex.class_mean_maps(cams, labels, CLASSES), {0: 1, 1: 1, 2: 1, 3: 1}, list("abcd"), "means",
+    draw.plot_local(images[0], shap_values[0], cams[0], "true: 0 | predicted: 0 (p = 0.99)", tmp_path / "local.png")
+    draw.plot_class_means(heat.class_mean_maps(cams, labels, CLASSES), {0: 1, 1: 1, 2: 1, 3: 1}, list("abcd"), "means",
                         tmp_path / "means.png")
-    ex.plot_shap_summary(images, shap_values, ["a", "b", "c", "d"], np.abs(shap_values).mean(0), "shap",
+    draw.plot_shap_summary(images, shap_values, ["a", "b", "c", "d"], np.abs(shap_values).mean(0), "shap",
                          tmp_path / "shap.png")
     curves = {"gradcam": np.linspace(1, 0, 5)[None].repeat(2, 0), "random": np.ones((2, 5))}
-    ex.plot_faithfulness(ex.Faithfulness(curves, curves), "faith", tmp_path / "faith.png")
+    draw.plot_faithfulness(faithful.Faithfulness(curves, curves), "faith", tmp_path / "faith.png")
     for name in ("local.png", "means.png", "shap.png", "faith.png"):
         path = tmp_path / name
         assert path.read_bytes()[:8] == PNG_MAGIC
@@ -265,14 +269,14 @@ def test_the_faithfulness_baseline_does_not_depend_on_the_shap_blur() -> None:
         assert settings.baseline == "image_mean"
         seen.clear()
         saliencies = {"gradcam": np.random.default_rng(1).random((3, 8, 8)).astype(np.float32)}
-        ex.faithfulness_curves(scorer, images, saliencies, [0, 1, 0], 4, settings.baseline, 0)
+        faithful.faithfulness_curves(scorer, images, saliencies, [0, 1, 0], 4, settings.baseline, 0)
         recorded.append(torch.stack([batch[[4, 5]] for batch in seen]))  # deletion's last, insertion's first
     assert torch.equal(recorded[0], recorded[1])
     mean_colour = images.mean((2, 3), keepdim=True).expand_as(images)
     for index, frames in enumerate(recorded[0]):
         torch.testing.assert_close(frames[0], mean_colour[index])
         torch.testing.assert_close(frames[1], mean_colour[index])
-    assert ex.perturbation_baseline(images, "grey").eq(0.5).all()
+    assert faithful.perturbation_baseline(images, "grey").eq(0.5).all()
 
 
 def test_better_than_random_only_when_the_bootstrap_interval_excludes_zero() -> None:
@@ -283,13 +287,14 @@ def test_better_than_random_only_when_the_bootstrap_interval_excludes_zero() -> 
              "loss": random_auc + 0.15 + noise * 0.1}
     decisions = {}
     for name, method_auc in cases.items():
-        result = ex.paired_bootstrap(method_auc, random_auc, n_resamples=2000, seed=7)
+        result = faithful.paired_bootstrap(method_auc, random_auc, n_resamples=2000, seed=7)
         assert result["ci95_low"] <= result["mean_diff"] <= result["ci95_high"]
         assert result["mean_diff"] == pytest.approx(float((method_auc - random_auc).mean()), abs=1e-4)
-        decisions[name] = (ex.better_than_random(result, "deletion"), ex.better_than_random(result, "insertion"))
+        decisions[name] = (faithful.better_than_random(result, "deletion"),
+                           faithful.better_than_random(result, "insertion"))
     # Deletion: lower is better (the interval must lie below 0); insertion: higher is better (above 0).
     assert decisions == {"clear win": (True, False), "tie within noise": (False, False), "loss": (False, True)}
-    tie = ex.paired_bootstrap(cases["tie within noise"], random_auc, n_resamples=2000, seed=7)
+    tie = faithful.paired_bootstrap(cases["tie within noise"], random_auc, n_resamples=2000, seed=7)
     # Its insertion mean is above random's, yet the interval straddles 0: a better mean alone is not enough.
     assert tie["ci95_low"] < 0 < tie["ci95_high"] and tie["mean_diff"] > 0
-    assert ex.paired_bootstrap(cases["tie within noise"], random_auc, n_resamples=2000, seed=7) == tie  # seeded
+    assert faithful.paired_bootstrap(cases["tie within noise"], random_auc, n_resamples=2000, seed=7) == tie  # seeded

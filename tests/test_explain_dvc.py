@@ -11,7 +11,8 @@ import pytest
 import yaml
 from conftest import make_tiny_project, run
 
-from catalog_classifier.explanations.attribution import METHODS, auc
+from catalog_classifier.explanations.explainers import METHODS
+from catalog_classifier.explanations.faithfulness import auc
 
 pytestmark = pytest.mark.slow
 

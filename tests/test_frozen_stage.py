@@ -12,11 +12,11 @@ from conftest import tiny_params
 
 from catalog_classifier.config.layout import Project
 from catalog_classifier.data.imageset import ImageSet
+from catalog_classifier.modeling.fit_loop import FitSettings
 from catalog_classifier.modeling.frozen import fit_model
 from catalog_classifier.modeling.models import create_classifier, load_classifier
-from catalog_classifier.modeling.training import FitSettings
+from catalog_classifier.modeling.torch_setup import Runtime
 from catalog_classifier.ops.io import read_json
-from catalog_classifier.ops.runtime import Runtime
 from catalog_classifier.stages.train import run_train
 
 FP32 = Runtime(threads=1, channels_last=False, bf16=False)

@@ -17,8 +17,10 @@ ABOVE_LIBRARY = ("catalog_classifier.stages", "catalog_classifier.cli", "catalog
 ABOVE_STAGES = ("catalog_classifier.cli", "catalog_classifier.__main__", "flows")
 # The library's own layers, bottom up: a subpackage may import its own modules and those of lower ranks only.
 # Equal ranks are siblings that never import each other.
-RANKS = {"ops": 0, "config": 1, "data": 2, "infra": 2, "modeling": 3, "explanations": 4, "registry": 4, "tuning": 5,
-         "endpoint": 5, "reporting": 6}
+# infra (the team stack) sits beside modeling: neither imports the other; registry and tuning use its PostgreSQL.
+# benchmarks measures the product and ranks above all of it: no product layer imports measurement code.
+RANKS = {"ops": 0, "config": 1, "data": 2, "infra": 3, "modeling": 3, "explanations": 4, "registry": 4, "tuning": 5,
+         "endpoint": 5, "reporting": 6, "benchmarks": 7}
 # Top-level library modules and the layer each sits with (none since the registry stopped running code on load).
 TOP_LEVEL: dict[str, str] = {}
 PACKAGE_MAP = Path(__file__).resolve().parents[1] / "README.md"
@@ -137,8 +139,10 @@ def test_the_check_sees_a_function_level_upward_import(tmp_path: Path) -> None:
 FLOWS = sorted((Path(__file__).resolve().parents[1] / "flows").glob("*.py"))
 # Flows orchestrate: they run stages (through DVC and the CLI, or a stage's entry point) and read params and the
 # stages' outputs for their own summaries. They never compute: no model, data, explanation or tuning code.
+# A flow's bench command (batch_label's) may use the benchmarks' helpers: measuring is not the product's computing.
 FLOWS_MAY_IMPORT = ("catalog_classifier.stages", "catalog_classifier.config", "catalog_classifier.ops",
-                    "catalog_classifier.reporting.run_summary", "catalog_classifier.registry.tracking", "flows")
+                    "catalog_classifier.reporting.run_summary", "catalog_classifier.registry.tracking",
+                    "catalog_classifier.benchmarks", "flows")
 
 
 @pytest.mark.parametrize("path", FLOWS, ids=lambda path: path.name)
@@ -149,3 +153,19 @@ def test_flows_only_orchestrate(path: Path) -> None:
                  and not module.startswith(tuple(f"{prefix}." for prefix in FLOWS_MAY_IMPORT))
                  and module not in FLOWS_MAY_IMPORT]
     assert not computing
+
+
+# The stages that measure (and the stack's bench-logging action): the only stage modules that import benchmarks.
+MEASURING_STAGES = {"bench", "bench_predict", "bench_serve", "tune_bench", "stack"}
+
+
+@pytest.mark.parametrize("path", STAGES, ids=lambda path: path.name)
+def test_only_the_measuring_stages_import_benchmarks(path: Path) -> None:
+    if path.stem in MEASURING_STAGES:
+        return
+    assert not upward(path, ("catalog_classifier.benchmarks",))
+
+
+def test_no_product_layer_imports_benchmarks() -> None:
+    product = [path for path in LIBRARY if path.relative_to(SRC).parts[0] != "benchmarks"]
+    assert [hit for path in product for hit in upward(path, ("catalog_classifier.benchmarks",))] == []

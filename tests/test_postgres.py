@@ -1,4 +1,4 @@
-"""The project's own PostgreSQL cluster (ops/postgres.py): databases, URLs, restart, and a clear error when down."""
+"""The project's own PostgreSQL cluster (infra/postgres.py): databases, URLs, restart, and a clear error when down."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import pytest
 import sqlalchemy
 
-from catalog_classifier.ops.postgres import PostgresCluster, PostgresError
+from catalog_classifier.infra.postgres import PostgresCluster, PostgresError
 
 
 def test_create_database_is_idempotent_and_reachable_with_its_url(postgres: PostgresCluster) -> None:

@@ -99,12 +99,12 @@ STUB_ROWS = [("photos/a.png", "Baby Care"), ("photos/missing.png", "Watches"), (
 def stub_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     """The CLI's predict with the stub classifier in place of a registered model; returns what it needs."""
     import catalog_classifier.registry.model_access as model_access
-    import catalog_classifier.stages.serve as serve
+    import catalog_classifier.stages.predict as predict_stage
 
     classifier = stub_classifier()
     monkeypatch.setattr(model_access, "load_model_or_classify",
                         lambda uri, tracking_uri, scratch: model_access.LoadedModel(classifier, tmp_path / "photos"))
-    monkeypatch.setattr(serve, "setup_mlflow", lambda *args: None)
+    monkeypatch.setattr(predict_stage, "setup_mlflow", lambda *args: None)
     write_stub_images(tmp_path)
     csv = tmp_path / "todo.csv"
     pd.DataFrame(STUB_ROWS, columns=["image", "label"]).to_csv(csv, index=False)
@@ -158,7 +158,7 @@ def test_every_review_row_carries_its_conformal_prediction_set(stub_run: SimpleN
 def test_the_served_model_answers_prediction_sets_as_lists(tmp_path: Path) -> None:
     import base64
 
-    from catalog_classifier.registry.served import CatalogClassifierModel
+    from catalog_classifier.registry.pyfunc_model import CatalogClassifierModel
 
     write_stub_images(tmp_path)
     served = CatalogClassifierModel.__new__(CatalogClassifierModel)  # the wrapper around the stub (no folder)

@@ -127,7 +127,7 @@ def test_mapping_refuses_a_missing_tensor() -> None:
 
 
 def test_gradcam_target_layer_for_efficientnet_gives_a_real_heatmap() -> None:
-    from catalog_classifier.explanations.attribution import gradcam_with_probabilities, resolve_layer, target_layer_path
+    from catalog_classifier.explanations.explainers import gradcam_with_probabilities, resolve_layer, target_layer_path
 
     params = real_params()
     path = target_layer_path(LITE0, params["explain"]["target_layers"])

@@ -224,13 +224,13 @@ def test_the_server_loads_a_local_pyfunc_whose_loader_is_the_package_with_pickle
     import yaml
 
     from catalog_classifier.registry.artifact import fetch_verified
-    from catalog_classifier.registry.served import NO_PICKLE_ENV, write_local_pyfunc
+    from catalog_classifier.registry.pyfunc_model import NO_PICKLE_ENV, write_local_pyfunc
 
     _register(store, "served", store["folder"])
     verified = fetch_verified("models:/served@champion", tmp_path / "classifier", store["client"])
     local = write_local_pyfunc(verified.directory, tmp_path / "pyfunc")
     flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
-    assert flavor["loader_module"] == "catalog_classifier.registry.served"
+    assert flavor["loader_module"] == "catalog_classifier.registry.pyfunc_model"
     assert not list(local.rglob("*.pkl")) and not list(local.rglob("*.py"))
     monkeypatch.setenv(NO_PICKLE_ENV, "false")
     model = mlflow.pyfunc.load_model(str(local))

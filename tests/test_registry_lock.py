@@ -24,7 +24,7 @@ from registry_helpers import cli, cli_args
 from server_helpers import free_port, stop_process_group, wait_until_answers
 
 from catalog_classifier.config.params import REGISTRY_LOCK_URL_ENV, RegistryParams
-from catalog_classifier.ops.postgres import PostgresCluster
+from catalog_classifier.infra.postgres import PostgresCluster
 from catalog_classifier.registry.locking import (
     CONNECT_TIMEOUT_S,
     FileRegistryLock,

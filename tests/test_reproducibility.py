@@ -66,7 +66,7 @@ def test_train_metrics_and_mlflow_tags_record_the_runtime_facts_that_change_roun
     from mlflow import MlflowClient
 
     from catalog_classifier.config.layout import Project
-    from catalog_classifier.ops.runtime import cpu_flags, runtime_facts
+    from catalog_classifier.modeling.torch_setup import cpu_flags, runtime_facts
     from catalog_classifier.registry.tracking import resolve_tracking_uri
 
     root = two_clones[0]

@@ -10,7 +10,7 @@ import pytest
 
 from catalog_classifier.config.layout import Project
 from catalog_classifier.infra.composition import SECRETS, StackPlan
-from catalog_classifier.ops.secrets import SecretFileError, ensure_secret, read_secret
+from catalog_classifier.infra.secrets import SecretFileError, ensure_secret, read_secret
 from catalog_classifier.stages.stack import env_lines
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ from PIL import Image
 from registry_helpers import cli_args, eval_f1, eval_predictions, promote, split_images
 from server_helpers import free_port, wait_until_answers
 
-from catalog_classifier.ops.services import stop_tree, tree
+from catalog_classifier.infra.services import stop_tree, tree
 
 pytestmark = pytest.mark.slow
 

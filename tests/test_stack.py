@@ -38,7 +38,7 @@ from catalog_classifier.config.overrides import write_overrides
 from catalog_classifier.config.params import load_params
 from catalog_classifier.infra import lifecycle
 from catalog_classifier.infra.composition import SECRETS, SERVICES, TRAINER, StackPlan, deploy_env
-from catalog_classifier.ops.services import port_in_use, tree
+from catalog_classifier.infra.services import port_in_use, tree
 from catalog_classifier.stages.stack import env_lines
 from flows.retrain import ScheduledRun, newer_due_run
 
@@ -611,7 +611,7 @@ def test_the_plan_keeps_the_database_password_off_command_lines() -> None:
 
 
 def test_a_service_stops_with_its_whole_tree_at_once_and_a_reused_pid_is_not_taken_for_it(tmp_path: Path) -> None:
-    from catalog_classifier.ops.services import Service
+    from catalog_classifier.infra.services import Service
 
     service = Service("sleeper", tmp_path / "run" / "sleeper.pid", tmp_path / "logs" / "sleeper.log")
     # A child in a session of its own, as Prefect starts flow runs: a process-group kill would miss it.

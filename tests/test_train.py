@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from catalog_classifier.data.imageset import ImageSet, augment_batch, iterate_batches
-from catalog_classifier.modeling.evaluation import classification_metrics
-from catalog_classifier.modeling.training import FitSettings, fit, macro_f1, validate
-from catalog_classifier.ops.runtime import Runtime, cpu_has_native_bf16, seed_everything
+from catalog_classifier.modeling.fit_loop import FitSettings, fit, macro_f1, validate
+from catalog_classifier.modeling.metrics import classification_metrics
+from catalog_classifier.modeling.torch_setup import Runtime, cpu_has_native_bf16, seed_everything
 
 FP32 = Runtime(threads=1, channels_last=False, bf16=False)
 
@@ -114,7 +114,7 @@ def test_augment_batch_refuses_anything_but_image_batches() -> None:
 
 
 def test_warmup_then_cosine_lr_factors_by_hand() -> None:
-    from catalog_classifier.modeling.training import FitSettings, lr_factor
+    from catalog_classifier.modeling.fit_loop import FitSettings, lr_factor
 
     settings = FitSettings(max_epochs=5, patience=1, batch_size=4, optimizer="adamw", lr=1.0, weight_decay=0.0,
                            warmup_epochs=1, schedule="cosine")
@@ -126,8 +126,8 @@ def test_warmup_then_cosine_lr_factors_by_hand() -> None:
 
 
 def test_backbone_learns_at_a_fraction_of_the_head_lr() -> None:
+    from catalog_classifier.modeling.fit_loop import FitSettings, create_optimizer
     from catalog_classifier.modeling.models import create_classifier
-    from catalog_classifier.modeling.training import FitSettings, create_optimizer
 
     model, _ = create_classifier("resnet10t", 3, image_size=32)
     settings = FitSettings(max_epochs=1, patience=1, batch_size=4, optimizer="adamw", lr=0.01, weight_decay=0.0,

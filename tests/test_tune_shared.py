@@ -234,7 +234,7 @@ def test_storage_urls_paths_environment_and_secrets(tmp_path: Path) -> None:
     from test_tune import tune_params
 
     from catalog_classifier.config.params import ParamsError, parse_params
-    from catalog_classifier.ops.postgres import redact_url
+    from catalog_classifier.infra.postgres import redact_url
     from catalog_classifier.tuning.storage import resolve_storage
 
     assert resolve_storage("artifacts/tune/optuna.db", tmp_path, {}) == f"sqlite:///{tmp_path}/artifacts/tune/optuna.db"
@@ -277,8 +277,8 @@ def test_storage_overhead_is_timed_per_phase_on_both_backends(tmp_path: Path, po
     """make bench-tune's storage figure, on a few trials: every trial completes, every phase is timed."""
     from test_tune import tune_params
 
+    from catalog_classifier.benchmarks.tuning_storage_cost import PHASES, storage_overhead
     from catalog_classifier.config.params import parse_params
-    from catalog_classifier.tuning.storage_bench import PHASES, storage_overhead
 
     tune = parse_params(tune_params()).tune
     for url in (f"sqlite:///{tmp_path}/bench.db", postgres.create_database("tune_storage_bench")):

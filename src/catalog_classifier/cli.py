@@ -212,7 +212,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from catalog_classifier.stages.serve import model_uri, run_predict
+    from catalog_classifier.stages.predict import model_uri, run_predict
 
     if bool(args.paths) == bool(args.input):
         raise InputError("give what to predict either as --input DIR_OR_CSV or as PATH arguments (one of them)")

@@ -1,5 +1,4 @@
 """The champion's HTTP endpoint: request limits and streaming decode (``payload``), cross-request batching of the
-forward pass (``batching``), the Ray Serve application (``ray_app``), which version is champion (``champion``),
-and the load test that measures an endpoint (``loadtest``). Imports ``ops``, ``config``, ``data``, ``modeling``
-and ``registry``.
+forward pass (``batching``), the Ray Serve application (``ray_app``), which version is champion (``champion``).
+Imports ``ops``, ``config``, ``data``, ``modeling`` and ``registry``.
 """

@@ -82,7 +82,7 @@ class ClassifierDeployment:
 
         import mlflow
 
-        from catalog_classifier.registry.served import NO_PICKLE_ENV
+        from catalog_classifier.registry.pyfunc_model import NO_PICKLE_ENV
 
         os.environ[NO_PICKLE_ENV] = "false"  # the replica loads data files only; no MLflow loader may unpickle
         mlflow.set_tracking_uri(spec["tracking_uri"])

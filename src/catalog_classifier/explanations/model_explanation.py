@@ -1,6 +1,7 @@
 """Explaining one trained model end to end: which images, Grad-CAM and SHAP maps, class means, faithfulness.
 
-The methods and statistics are in :mod:`catalog_classifier.explanations.attribution`; this module runs them on a
+The explainers, statistics, image choice and figures are in the sibling modules (``explainers``,
+``faithfulness``, ``heatmap_summary``, ``image_choice``, ``drawing``); this module runs them on a
 model's test split in the order the explain stage needs, and returns what it found.
 """
 
@@ -21,9 +22,13 @@ from catalog_classifier.config.layout import Project
 from catalog_classifier.config.params import ExplainParams
 from catalog_classifier.data.imageset import decode_manifest, to_float
 from catalog_classifier.data.manifests import read_manifest
-from catalog_classifier.explanations import attribution as ex
+from catalog_classifier.explanations import drawing as draw
+from catalog_classifier.explanations import explainers as expl
+from catalog_classifier.explanations import faithfulness as faithful
+from catalog_classifier.explanations import heatmap_summary as heat
+from catalog_classifier.explanations import image_choice as pick
 from catalog_classifier.modeling.models import load_classifier
-from catalog_classifier.ops.runtime import Runtime, resolve_runtime, seed_everything
+from catalog_classifier.modeling.torch_setup import Runtime, resolve_runtime, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +48,12 @@ class _Explainers:
     classes: list[str]
     size: tuple[int, int]
     kernel: int
-    scorer: ex.Scorer
-    shap: ex.ShapExplainer
+    scorer: expl.Scorer
+    shap: expl.ShapExplainer
     shap_cache: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
 
     def gradcam(self, pixels: torch.Tensor, targets: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        return ex.gradcam_with_probabilities(self.model, self.layer, pixels, targets, self.settings.batch_size,
+        return expl.gradcam_with_probabilities(self.model, self.layer, pixels, targets, self.settings.batch_size,
                                              self.runtime.channels_last)
 
     def shap_values(self, name: str, pixels: torch.Tensor, target: int) -> np.ndarray:
@@ -66,17 +71,17 @@ def _load_explainers(project: Project, model_name: str) -> _Explainers:
     model, config = load_classifier(project.weights(model_name))
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    layer_path = ex.target_layer_path(model_name, settings.target_layers)
-    layer = ex.resolve_layer(model, layer_path)
+    layer_path = expl.target_layer_path(model_name, settings.target_layers)
+    layer = expl.resolve_layer(model, layer_path)
     size = (int(config["input_size"][0]), int(config["input_size"][1]))
-    kernel = ex.blur_kernel(size, settings.shap.blur_fraction)
-    scorer = ex.make_scorer(model, settings.batch_size, runtime.channels_last, runtime.bf16)
-    shap = ex.ShapExplainer(scorer, size, settings.shap.max_evals, kernel, settings.batch_size, settings.seed)
+    kernel = expl.blur_kernel(size, settings.shap.blur_fraction)
+    scorer = expl.make_scorer(model, settings.batch_size, runtime.channels_last, runtime.bf16)
+    shap = expl.ShapExplainer(scorer, size, settings.shap.max_evals, kernel, settings.batch_size, settings.seed)
     return _Explainers(model, layer, layer_path, runtime, settings, list(params.data.classes), size, kernel, scorer,
                        shap)
 
 
-def _decode_outside_test(project: Project, choices: list[ex.LocalChoice], manifests: dict[str, pd.DataFrame],
+def _decode_outside_test(project: Project, choices: list[pick.LocalChoice], manifests: dict[str, pd.DataFrame],
                          data_config: Any) -> dict[str, tuple[torch.Tensor, int]]:
     """Pixels (float) and true label of the named images that are not in the test split."""
     images_dir = project.path(project.params.data.images_dir)
@@ -92,13 +97,13 @@ def _decode_outside_test(project: Project, choices: list[ex.LocalChoice], manife
     return found
 
 
-def _local_title(choice: ex.LocalChoice, true_label: str, predicted: str, probability: float) -> str:
+def _local_title(choice: pick.LocalChoice, true_label: str, predicted: str, probability: float) -> str:
     where = "" if choice.split == "test" else f" [{choice.split} image]"
     return (f"{choice.image}{where} ({choice.kind})\ntrue: {true_label} | predicted: {predicted} "
             f"(p = {probability:.2f})")
 
 
-def _explain_local(explainers: _Explainers, choices: list[ex.LocalChoice],
+def _explain_local(explainers: _Explainers, choices: list[pick.LocalChoice],
                    images: dict[str, tuple[torch.Tensor, int]], out_dir: Path) -> list[dict[str, Any]]:
     """One figure per chosen image, both maps explaining its predicted class."""
     classes, records = explainers.classes, []
@@ -110,12 +115,12 @@ def _explain_local(explainers: _Explainers, choices: list[ex.LocalChoice],
         shap_values = explainers.shap_values(choice.image, pixels, predicted)
         figure = out_dir / "figures" / "local" / f"{number:02d}_{choice.kind}_{Path(choice.image).stem}.png"
         title = _local_title(choice, classes[label], classes[predicted], float(probabilities[predicted]))
-        ex.plot_local(pixels, shap_values, cam, title, figure)
+        draw.plot_local(pixels, shap_values, cam, title, figure)
         records.append({
             "image": choice.image, "kind": choice.kind, "split": choice.split, "true": classes[label],
             "predicted": classes[predicted], "probability": round(float(probabilities[predicted]), 4),
             "figure": figure.relative_to(out_dir).as_posix(),
-            "gradcam_centre": ex.heat_centre(cam), "gradcam_top20_share": ex.top_share(cam),
+            "gradcam_centre": heat.heat_centre(cam), "gradcam_top20_share": heat.top_share(cam),
             "shap_positive_sum": round(float(shap_values[shap_values > 0].sum()), 4),
         })
     return records
@@ -147,7 +152,7 @@ def explain_model(project: Project, model_name: str) -> tuple[dict[str, Any], di
     test = decode_manifest(manifests["test"], project.path(params.data.images_dir), explainers.model.data_config)
     test_pixels, test_labels = to_float(test.pixels, channels_last=False), test.labels.numpy()
     predictions = pd.read_csv(project.eval_predictions(model_name), dtype={"image": str})
-    choices, missing = ex.select_local_images(predictions, settings.images, manifests, settings.n_correct,
+    choices, missing = pick.select_local_images(predictions, settings.images, manifests, settings.n_correct,
                                               settings.n_wrong)
     if missing:
         log.warning("explain.images not found in any split (skipped): %s", ", ".join(missing))
@@ -168,7 +173,7 @@ def explain_model(project: Project, model_name: str) -> tuple[dict[str, Any], di
 
     # Faithfulness on a seeded test sample, for its predicted classes; its SHAP maps are the SHAP summary.
     tick = time.perf_counter()
-    sample = ex.sample_indices(len(test), settings.faithfulness.n_images, settings.seed)
+    sample = pick.sample_indices(len(test), settings.faithfulness.n_images, settings.seed)
     targets = [int(test_predicted[i]) for i in sample]
     sample_shap = np.stack([explainers.shap_values(test.names[i], test_pixels[i], target)
                             for i, target in zip(sample, targets, strict=True)])
@@ -178,25 +183,25 @@ def explain_model(project: Project, model_name: str) -> tuple[dict[str, Any], di
     saliencies = {
         "gradcam": explainers.gradcam(test_pixels[sample], targets)[0],
         "shap": sample_shap,
-        "random": np.stack([ex.random_saliency(explainers.size, settings.faithfulness.random_grid, rng)
+        "random": np.stack([faithful.random_saliency(explainers.size, settings.faithfulness.random_grid, rng)
                             for _ in sample]),
     }
-    faithfulness = ex.faithfulness_curves(explainers.scorer, test_pixels[sample], saliencies, targets,
+    faithfulness = faithful.faithfulness_curves(explainers.scorer, test_pixels[sample], saliencies, targets,
                                           settings.faithfulness.steps, settings.faithfulness.baseline,
                                           settings.seed)
     timings["faithfulness_curves_s"] = time.perf_counter() - tick
 
     counts = {k: int((test_labels == k).sum()) for k in range(len(classes))}
-    means = ex.class_mean_maps(true_cams, test_labels, len(classes))
-    ex.plot_class_means(means, counts, classes, f"{model_name}: mean Grad-CAM per class (test images, true class)",
+    means = heat.class_mean_maps(true_cams, test_labels, len(classes))
+    draw.plot_class_means(means, counts, classes, f"{model_name}: mean Grad-CAM per class (test images, true class)",
                         out_dir / "figures" / "gradcam_class_means.png")
     mean_abs_shap = np.abs(sample_shap).mean(0)
-    ex.plot_shap_summary(test_pixels[sample], sample_shap,
+    draw.plot_shap_summary(test_pixels[sample], sample_shap,
                          [f"true {classes[test_labels[i]]}\npred {classes[t]}" for i, t in zip(sample, targets,
                                                                                                strict=True)],
                          mean_abs_shap, f"{model_name}: SHAP of the predicted class, test sample",
                          out_dir / "figures" / "shap_summary.png")
-    ex.plot_faithfulness(faithfulness, f"{model_name}: faithfulness on {len(sample)} test images",
+    draw.plot_faithfulness(faithfulness, f"{model_name}: faithfulness on {len(sample)} test images",
                          out_dir / "figures" / "faithfulness.png")
 
     faith = faithfulness.summary()
@@ -215,10 +220,10 @@ def explain_model(project: Project, model_name: str) -> tuple[dict[str, Any], di
         "bf16_scoring": explainers.runtime.bf16,
         "local": local,
         "named_missing": missing,
-        "class_means": {classes[k]: {"n": counts[k], "centre": ex.heat_centre(m), "top20_share": ex.top_share(m)}
+        "class_means": {classes[k]: {"n": counts[k], "centre": heat.heat_centre(m), "top20_share": heat.top_share(m)}
                         for k, m in means.items()},
         "shap_sample": {"n": int(len(sample)), "images": [test.names[i] for i in sample],
-                        "mean_abs_centre": ex.heat_centre(mean_abs_shap)},
+                        "mean_abs_centre": heat.heat_centre(mean_abs_shap)},
         "faithfulness_mean_curves": faithfulness.mean_curves(),
         "faithfulness": {"baseline": settings.faithfulness.baseline,
                          "bootstrap": {"resamples": settings.faithfulness.bootstrap_resamples, "seed": settings.seed,

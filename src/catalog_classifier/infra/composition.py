@@ -2,12 +2,12 @@
 
 Nothing here starts a process (see ``lifecycle``). One folder (``stack.dir``) holds everything the stack writes:
 
-    <dir>/postgres/            the PostgreSQL cluster (data, log, password file; ops/postgres.py)
+    <dir>/postgres/            the PostgreSQL cluster (data, log, password file; infra/postgres.py)
     <dir>/mlflow/artifacts/    MLflow's proxied artifact store (clients upload through the server)
     <dir>/prefect/             PREFECT_HOME of the Prefect server
     <dir>/worker/              PREFECT_HOME of the worker (its flow runs start in temporary folders)
     <dir>/logs/<service>.log   <dir>/run/<service>.pid   <dir>/stack.json (the settings of the stack started last)
-    <dir>/secrets/             0700; one 0600 file per generated secret (ops/secrets.py): mlflow-admin,
+    <dir>/secrets/             0700; one 0600 file per generated secret (infra/secrets.py): mlflow-admin,
                                mlflow-trainer, mlflow-reader, mlflow-flask-key, prefect-api
     <dir>/mlflow/basic_auth.ini  MLflow's auth app settings (no password in it) and basic_auth.db, its users
 
@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from catalog_classifier.config.params import REGISTRY_LOCK_URL_ENV, TUNE_STORAGE_ENV, Params
+from catalog_classifier.infra.postgres import USER, PostgresCluster
+from catalog_classifier.infra.secrets import ensure_secret, read_secret
+from catalog_classifier.infra.services import Service
 from catalog_classifier.ops import dvc_ops
 from catalog_classifier.ops.exposure import require_loopback_or_auth
-from catalog_classifier.ops.postgres import USER, PostgresCluster
-from catalog_classifier.ops.secrets import ensure_secret, read_secret
-from catalog_classifier.ops.services import Service
 
 MLFLOW_DATABASE = "mlflow"
 PREFECT_DATABASE = "prefect"

@@ -29,9 +29,9 @@ from catalog_classifier.infra.composition import (
     StackPlan,
     tool_path,
 )
+from catalog_classifier.infra.secrets import read_secret
+from catalog_classifier.infra.services import ServiceError, http_ok, port_in_use
 from catalog_classifier.ops.io import write_json, write_text
-from catalog_classifier.ops.secrets import read_secret
-from catalog_classifier.ops.services import ServiceError, http_ok, port_in_use
 
 log = logging.getLogger(__name__)
 

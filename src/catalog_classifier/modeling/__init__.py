@@ -1,3 +1,3 @@
-"""The model factory and its weights, the training loop and frozen mode, evaluation, prediction, seed spread
-and the speed benchmark's measurements. Imports ``ops``, ``config`` and ``data``.
+"""The model factory and its weights, torch runtime set-up (torch_setup), the fit loop and frozen mode, training
+jobs, metrics and evaluation, prediction, calibration and seed spread. Imports ``ops``, ``config`` and ``data``.
 """

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
+from scipy.stats import binomtest
 
 from catalog_classifier.config.params import AutolabelParams
 from catalog_classifier.modeling.calibration import (
@@ -106,15 +106,14 @@ def choose_threshold(confidence: Any, correct: Any, target_precision: float,
 
 
 def wilson_interval(successes: int, trials: int, confidence_level: float) -> tuple[float, float] | None:
-    """Wilson score interval of a binomial proportion (sound at 0/n and n/n, unlike the normal one); None if n = 0."""
+    """Wilson score interval of a binomial proportion (sound at 0/n and n/n, unlike the normal one); None if n = 0.
+
+    SciPy's (``binomtest(...).proportion_ci(method="wilson")``), two-sided at ``confidence_level``.
+    """
     if trials == 0:
         return None
-    z = float(norm.ppf(1 - (1 - confidence_level) / 2))
-    share = successes / trials
-    denominator = 1 + z * z / trials
-    centre = (share + z * z / (2 * trials)) / denominator
-    half = z / denominator * np.sqrt(share * (1 - share) / trials + z * z / (4 * trials * trials))
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    interval = binomtest(successes, trials).proportion_ci(confidence_level, method="wilson")
+    return float(max(0.0, interval.low)), float(min(1.0, interval.high))
 
 
 def auto_labelled(threshold: float | None, confidence: Any) -> np.ndarray:

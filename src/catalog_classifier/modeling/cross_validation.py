@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from catalog_classifier.data.imageset import ImageSet
+from catalog_classifier.modeling.fit_loop import FitSettings, fit, predict_logits
 from catalog_classifier.modeling.frozen import UnscaledHead, head_runtime
-from catalog_classifier.modeling.training import FitSettings, fit, predict_logits
+from catalog_classifier.modeling.torch_setup import Runtime
 from catalog_classifier.modeling.uncertainty import macro_f1
-from catalog_classifier.ops.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def too_small(labels: np.ndarray, groups: Sequence[str], folds: int) -> str | No
 @contextlib.contextmanager
 def _quiet_epochs() -> Iterator[None]:
     """k x repeats fits would log every epoch; the pipeline's own fit keeps its epoch log."""
-    logger = logging.getLogger("catalog_classifier.modeling.training")
+    logger = logging.getLogger("catalog_classifier.modeling.fit_loop")
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:

@@ -5,7 +5,7 @@ get the same features (the model's BatchNorm statistics are fixed in eval mode, 
 identical epoch after epoch). Caching them turns a fit into one inference pass plus a few milliseconds per
 head epoch.
 
-The head is trained by the project's own loop (:func:`catalog_classifier.modeling.training.fit`: same optimiser, same
+The head is trained by the project's own loop (:func:`catalog_classifier.modeling.fit_loop.fit`: same optimiser, same
 early stopping on validation loss, same best-weights restore) without any change to it: the cached features
 travel in an :class:`~catalog_classifier.data.imageset.ImageSet` (float (N, D) instead of uint8 pixels), and since
 ``train.to_float`` divides every batch by 255 (the uint8 convention), the head is wrapped in
@@ -25,9 +25,9 @@ from torch import nn
 
 from catalog_classifier.config.params import FROZEN_AUGMENT_MESSAGE
 from catalog_classifier.data.imageset import ImageSet, iterate_batches, to_float
+from catalog_classifier.modeling.fit_loop import EpochCallback, FitResult, FitSettings, fit, macro_f1, predict_logits
 from catalog_classifier.modeling.models import Classifier, freeze_backbone
-from catalog_classifier.modeling.training import EpochCallback, FitResult, FitSettings, fit, macro_f1, predict_logits
-from catalog_classifier.ops.runtime import Runtime
+from catalog_classifier.modeling.torch_setup import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from catalog_classifier.modeling.autolabel import AutolabelReport, CalibrationSe
 from catalog_classifier.modeling.calibration import calibrated_probabilities
 from catalog_classifier.modeling.conformal import conformal_metrics, conformal_summary
 from catalog_classifier.modeling.cross_validation import calibration_logits
-from catalog_classifier.modeling.evaluation import (
+from catalog_classifier.modeling.fit_loop import predict_logits
+from catalog_classifier.modeling.metrics import (
     classification_metrics,
     plot_confusion,
     plot_reliability,
@@ -27,10 +28,9 @@ from catalog_classifier.modeling.evaluation import (
 )
 from catalog_classifier.modeling.models import load_classifier
 from catalog_classifier.modeling.prediction import ImageClassifier, pipeline_inference_settings, single_image_latency
-from catalog_classifier.modeling.training import predict_logits
+from catalog_classifier.modeling.torch_setup import resolve_runtime
 from catalog_classifier.modeling.uncertainty import Interval, bootstrap_macro_f1
 from catalog_classifier.ops.io import read_json
-from catalog_classifier.ops.runtime import resolve_runtime
 
 
 @dataclass

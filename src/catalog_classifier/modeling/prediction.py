@@ -33,11 +33,11 @@ from catalog_classifier.data.images import ImageLoadError, load_rgb, resize_to_a
 from catalog_classifier.data.imageset import ImageSet
 from catalog_classifier.modeling.calibration import calibrated_probabilities
 from catalog_classifier.modeling.conformal import join_set, set_labels
+from catalog_classifier.modeling.fit_loop import predict_logits
 from catalog_classifier.modeling.models import Classifier, load_classifier, save_safetensors
-from catalog_classifier.modeling.training import predict_logits
+from catalog_classifier.modeling.torch_setup import Runtime, resolve_runtime, torch_threads
 from catalog_classifier.ops.io import CorruptFileError, read_json, write_json
 from catalog_classifier.ops.progress import progress
-from catalog_classifier.ops.runtime import Runtime, resolve_runtime, torch_threads
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from catalog_classifier.data.imageset import ImageSet
+from catalog_classifier.modeling.fit_loop import FitSettings, macro_f1, predict_logits
 from catalog_classifier.modeling.frozen import fit_model
 from catalog_classifier.modeling.models import Classifier, WeightsInfo
-from catalog_classifier.modeling.training import FitSettings, macro_f1, predict_logits
-from catalog_classifier.ops.runtime import Runtime, seed_everything
+from catalog_classifier.modeling.torch_setup import Runtime, seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from catalog_classifier.config.params import REGISTRY_LOCK_URL_ENV, RegistryParams
-from catalog_classifier.ops.postgres import advisory_lock_key, redact_url
+from catalog_classifier.infra.postgres import advisory_lock_key, redact_url
 from catalog_classifier.registry.versions import RegistryError, RegistryLockTimeout, RegistryLockUnavailable
 
 if TYPE_CHECKING:  # psycopg is imported when a PostgreSQL lock is used: the CLI imports this module at start

@@ -134,7 +134,7 @@ def registry_location() -> str:
     """The registry MLflow is set up to use, credentials masked: what "the team's registry" is in a log line."""
     import mlflow
 
-    from catalog_classifier.ops.postgres import redact_url
+    from catalog_classifier.infra.postgres import redact_url
 
     return redact_url(mlflow.get_registry_uri())
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from catalog_classifier.benchmarks.results_page import markdown_tables
+from catalog_classifier.benchmarks.suite import run_suite
 from catalog_classifier.config.layout import Project
-from catalog_classifier.modeling.bench_suite import run_suite
 from catalog_classifier.ops.io import write_json, write_text
 from catalog_classifier.registry.tracking import data_version, flatten, git_tags, metric_key, setup_mlflow
-from catalog_classifier.reporting.bench_page import markdown_tables
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from catalog_classifier.config.layout import Project
-from catalog_classifier.data.manifests import read_manifest
-from catalog_classifier.modeling.bench_suite import cpu_name
-from catalog_classifier.modeling.benchmark import predict_classifier
-from catalog_classifier.modeling.onnx_runtime import export_classifier_dir, parity
-from catalog_classifier.modeling.predict_bench import (
+from catalog_classifier.benchmarks.batch_predict_speed import predict_classifier
+from catalog_classifier.benchmarks.prediction_runtimes import (
     cli_command,
     decide,
     predict_run,
@@ -25,9 +21,13 @@ from catalog_classifier.modeling.predict_bench import (
     runtime_variants,
     write_repeated_csv,
 )
+from catalog_classifier.benchmarks.suite import cpu_name
+from catalog_classifier.config.layout import Project
+from catalog_classifier.data.manifests import read_manifest
+from catalog_classifier.modeling.onnx_runtime import export_classifier_dir, parity
 from catalog_classifier.modeling.prediction import pipeline_inference_settings, write_classifier_dir
+from catalog_classifier.modeling.torch_setup import cpu_has_native_bf16
 from catalog_classifier.ops.io import read_json, write_json, write_text
-from catalog_classifier.ops.runtime import cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import pandas as pd
 
+from catalog_classifier.benchmarks.load_test import drive, encode_request, table
 from catalog_classifier.config.layout import Project
-from catalog_classifier.endpoint.loadtest import drive, encode_request, table
+from catalog_classifier.infra.services import Service, http_ok
 from catalog_classifier.ops.io import write_json, write_text
-from catalog_classifier.ops.services import Service, http_ok
 
 HOST = "127.0.0.1"
 ENGINE_LABELS = {"ray": "Ray Serve (batching)", "mlflow": "mlflow models serve"}

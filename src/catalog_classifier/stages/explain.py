@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from catalog_classifier.config.layout import Project
-from catalog_classifier.explanations.attribution import METHODS
+from catalog_classifier.explanations.explainers import METHODS
 from catalog_classifier.explanations.model_explanation import explain_model
 from catalog_classifier.ops.io import read_json, write_json
 from catalog_classifier.registry.tracking import setup_mlflow

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from catalog_classifier.config.layout import Project
+from catalog_classifier.infra.postgres import redact_url
 from catalog_classifier.ops.gitstate import git_state
 from catalog_classifier.ops.io import read_json, write_text
-from catalog_classifier.ops.postgres import redact_url
 from catalog_classifier.registry.tracking import check_server, data_version, resolve_tracking_uri
 from catalog_classifier.reporting.charts import EmbedSettings
 from catalog_classifier.reporting.collector import RegistryState, collect, read_registry

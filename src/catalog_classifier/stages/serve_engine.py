@@ -15,7 +15,7 @@ from typing import Any
 from catalog_classifier.config.layout import Project
 from catalog_classifier.endpoint.champion import NoChampion, ServedVersion, resolve_champion
 from catalog_classifier.endpoint.payload import Limits
-from catalog_classifier.ops.runtime import available_cores
+from catalog_classifier.modeling.torch_setup import available_cores
 from catalog_classifier.registry.tracking import setup_mlflow
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def app_spec(project: Project, served: ServedVersion, tracking_uri: str) -> dict
     """Plain values for the replica (they cross into a Ray actor); its runtime is the faster one for single images
     on this machine as `make bench-predict` measured it (``batch_predict.runtime``: auto), as predict's is."""
     from catalog_classifier.modeling.inference_runtime import choose_runtime
-    from catalog_classifier.stages.serve import PREDICT_BENCH
+    from catalog_classifier.stages.predict import PREDICT_BENCH
 
     settings = project.params.batch_predict
     runtime = choose_runtime(settings.runtime, project.path(project.params.bench.out_dir) / PREDICT_BENCH, "single")

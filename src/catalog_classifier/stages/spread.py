@@ -13,11 +13,11 @@ from catalog_classifier.config.layout import Project
 from catalog_classifier.data.imageset import decode_manifest
 from catalog_classifier.data.manifests import read_manifest
 from catalog_classifier.data.splitting import SPLITS
+from catalog_classifier.modeling.fit_loop import settings_from
 from catalog_classifier.modeling.models import Classifier, WeightsInfo, create_classifier
 from catalog_classifier.modeling.seed_spread import seed_spread, spread_seeds
-from catalog_classifier.modeling.training import settings_from
+from catalog_classifier.modeling.torch_setup import resolve_runtime
 from catalog_classifier.ops.io import write_json
-from catalog_classifier.ops.runtime import resolve_runtime
 
 log = logging.getLogger(__name__)
 

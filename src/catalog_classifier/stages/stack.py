@@ -24,10 +24,10 @@ from catalog_classifier.infra.composition import (
     deploy_env,
     uncommitted_changes,
 )
+from catalog_classifier.infra.postgres import PostgresError
+from catalog_classifier.infra.services import ServiceError, http_ok
 from catalog_classifier.ops import dvc_ops
 from catalog_classifier.ops.exposure import ExposureError
-from catalog_classifier.ops.postgres import PostgresError
-from catalog_classifier.ops.services import ServiceError, http_ok
 
 # Errors that end a stack command with one line (exit 2): a setting to change, a port taken, a service that
 # would not start (its log's tail is in the message).
@@ -140,7 +140,7 @@ def deploy_notes(project: Project, plan: StackPlan, remote_url: str) -> list[str
 
 def run_bench_stack(project: Project) -> dict[str, Any]:
     """MLflow logging latency through the stack's server on PostgreSQL against the local sqlite store."""
-    from catalog_classifier.infra.logging_latency import bench_logging, format_table
+    from catalog_classifier.benchmarks.mlflow_logging_latency import bench_logging, format_table
     from catalog_classifier.ops.io import write_json
 
     plan = current_plan(project.params, project.root)

@@ -1,6 +1,6 @@
 """Train stage: one model, early stopping, weights + history + metrics, one MLflow run per call.
 
-The model, its weights, recipe and fit are :mod:`catalog_classifier.modeling.model_training`; this stage opens the
+The model, its weights, recipe and fit are :mod:`catalog_classifier.modeling.training_job`; this stage opens the
 MLflow run around the fit, logs every epoch, and writes the weights, history, curves and metrics.
 """
 
@@ -14,12 +14,12 @@ import torch
 
 from catalog_classifier.config.layout import Project
 from catalog_classifier.data.splitting import SPLITS
-from catalog_classifier.modeling.evaluation import plot_curves
-from catalog_classifier.modeling.model_training import TrainingJob, prepare_training, recipe_name
+from catalog_classifier.modeling.fit_loop import history_columns
+from catalog_classifier.modeling.metrics import plot_curves
 from catalog_classifier.modeling.models import save_classifier
-from catalog_classifier.modeling.training import history_columns
+from catalog_classifier.modeling.torch_setup import runtime_facts
+from catalog_classifier.modeling.training_job import TrainingJob, prepare_training, recipe_name
 from catalog_classifier.ops.io import read_json, write_csv, write_json
-from catalog_classifier.ops.runtime import runtime_facts
 from catalog_classifier.registry.datasets import log_split_inputs
 from catalog_classifier.registry.tracking import data_version, flatten, git_tags, setup_mlflow, start_system_metrics
 

@@ -6,7 +6,7 @@ Throughput: for each entry of ``tune.bench.workers``, a new study of the fixed t
 (process start-up and image decoding included: a user pays them) and over the trials themselves. Each worker gets
 ``cores // W`` threads (so one worker is not handicapped against two), or ``tune.bench.threads_per_worker``.
 Storage: ``tune.bench.storage_trials`` trivial trials on a sqlite file and on PostgreSQL
-(:mod:`catalog_classifier.tuning.storage_bench`).
+(:mod:`catalog_classifier.benchmarks.tuning_storage_cost`).
 PostgreSQL is the one given (``--postgres-url``) or a temporary cluster of the project's own (Debian's binaries).
 Timings describe this machine at this moment: the JSON records the core count and the load average around them.
 """
@@ -30,9 +30,9 @@ from typing import Any
 
 import optuna
 
+from catalog_classifier.benchmarks.tuning_storage_cost import storage_overhead
 from catalog_classifier.config.layout import Project
 from catalog_classifier.ops.io import write_json
-from catalog_classifier.tuning.storage_bench import storage_overhead
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def _postgres(url: str | None, scratch: Path) -> Iterator[str]:
     if url:
         yield url
         return
-    from catalog_classifier.ops.postgres import PostgresCluster
+    from catalog_classifier.infra.postgres import PostgresCluster
 
     # Not under the scratch folder: as root the server runs as `postgres`, which must own its directory.
     root = Path(tempfile.mkdtemp(prefix="bench-tune-pg-"))

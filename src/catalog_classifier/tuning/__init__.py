@@ -1,3 +1,4 @@
 """Optuna studies: the search space, the objective, studies shared by workers on one storage, resume rules, results.
-Imports ``ops``, ``config``, ``data``, ``modeling`` and ``registry.tracking``.
+Imports ``ops``, ``config``, ``data``, ``modeling``, ``infra.postgres`` and
+``registry.tracking``.
 """

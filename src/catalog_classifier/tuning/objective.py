@@ -17,10 +17,10 @@ from optuna.trial import TrialState
 
 from catalog_classifier.config.params import TrainParams, TuneParams
 from catalog_classifier.data.imageset import DataConfig, ImageSet, decode_manifest
+from catalog_classifier.modeling.fit_loop import FitResult, settings_from
 from catalog_classifier.modeling.frozen import fit_model
 from catalog_classifier.modeling.models import create_classifier
-from catalog_classifier.modeling.training import FitResult, settings_from
-from catalog_classifier.ops.runtime import Runtime, seed_everything
+from catalog_classifier.modeling.torch_setup import Runtime, seed_everything
 from catalog_classifier.tuning.shared import WORKER_ATTR
 from catalog_classifier.tuning.study import MODEL_KEY, suggest, trial_train_params
 

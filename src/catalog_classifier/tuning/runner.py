@@ -17,7 +17,7 @@ import pandas as pd
 from catalog_classifier.config.layout import Project
 from catalog_classifier.config.params import TrainParams
 from catalog_classifier.data.manifests import read_manifest
-from catalog_classifier.ops.postgres import redact_url
+from catalog_classifier.infra.postgres import redact_url
 from catalog_classifier.registry.tracking import setup_mlflow
 from catalog_classifier.tuning.shared import Worker, open_study, run_study, started_trials, workers
 from catalog_classifier.tuning.storage import StorageLock, refuse_mlflow_database, resolve_storage
@@ -140,7 +140,7 @@ def tune_family(project: Project, family: str, n_trials: int | None, timeout_s: 
     study, worker = opened.study, opened.worker
     assert worker is not None
     MlflowClient().set_tag(opened.parent_run_id, "n_trials_target", str(n_trials))
-    from catalog_classifier.ops.runtime import resolve_runtime
+    from catalog_classifier.modeling.torch_setup import resolve_runtime
 
     runtime = resolve_runtime(shared.train_params.channels_last, shared.train_params.bf16,
                               shared.train_params.num_threads)

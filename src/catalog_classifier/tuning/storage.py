@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from catalog_classifier.config.params import TUNE_STORAGE_ENV, TUNE_STORAGE_SCHEMES, ParamsError
-from catalog_classifier.ops.postgres import advisory_lock_key, redact_url
+from catalog_classifier.infra.postgres import advisory_lock_key, redact_url
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 
 from catalog_classifier.config.params import TuneParams
-from catalog_classifier.ops.postgres import redact_url
+from catalog_classifier.infra.postgres import redact_url
 from catalog_classifier.tuning.shared import open_study, run_claimed_trial, slot_status
 from catalog_classifier.tuning.storage import StorageLock
 from catalog_classifier.tuning.study import create_pruner, suggest

@@ -23,10 +23,10 @@ from catalog_classifier.modeling.cross_validation import (
     cross_validate_head,
     skipped,
 )
+from catalog_classifier.modeling.fit_loop import FitResult, settings_from
 from catalog_classifier.modeling.frozen import fit_model
 from catalog_classifier.modeling.models import Classifier, WeightsInfo, create_classifier
-from catalog_classifier.modeling.training import FitResult, settings_from
-from catalog_classifier.ops.runtime import Runtime, resolve_runtime, runtime_facts, seed_everything
+from catalog_classifier.modeling.torch_setup import Runtime, resolve_runtime, runtime_facts, seed_everything
 
 
 def recipe_name(weights_used: str) -> str:

@@ -12,7 +12,7 @@
    it does after every sample, the batch write) timed in a loop. Cost per sample / interval bounds the share of
    one core it takes.
 
-    python -m catalog_classifier.modeling.sysmetrics_bench --out artifacts/bench/system_metrics.json
+    python -m catalog_classifier.benchmarks.system_metrics_cost --out artifacts/bench/system_metrics.json
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ import torch
 from catalog_classifier.config.layout import Project
 from catalog_classifier.data.catalogue import read_catalogue
 from catalog_classifier.data.imageset import decode_manifest
+from catalog_classifier.modeling.fit_loop import settings_from
 from catalog_classifier.modeling.frozen import fit_model
 from catalog_classifier.modeling.models import create_classifier
-from catalog_classifier.modeling.training import settings_from
-from catalog_classifier.ops.runtime import resolve_runtime, seed_everything
+from catalog_classifier.modeling.torch_setup import resolve_runtime, seed_everything
 
 OFF = "off"
 

@@ -1,4 +1,4 @@
-"""The bench report as Markdown: the README's Speed tables from the figures ``modeling.benchmark`` measured.
+"""The bench report as Markdown: the README's Speed tables from the figures ``benchmarks.suite`` measured.
 
 Why apart from the measuring: the numbers are a machine's at a moment and stay in ``bench.json``; how they are
 told (columns, targets met or not, what is extrapolated) is presentation, read and changed without touching the

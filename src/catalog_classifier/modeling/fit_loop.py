@@ -20,8 +20,8 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from catalog_classifier.data.imageset import ImageSet, augment_batch, iterate_batches, to_float
+from catalog_classifier.modeling.torch_setup import Runtime
 from catalog_classifier.ops.progress import progress
-from catalog_classifier.ops.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -62,7 +62,7 @@ def runtime_variants(base: ImageClassifier, scratch: Path, onnx_batch: int) -> d
 
 
 def _native_bf16() -> bool:
-    from catalog_classifier.ops.runtime import cpu_has_native_bf16
+    from catalog_classifier.modeling.torch_setup import cpu_has_native_bf16
 
     return cpu_has_native_bf16()
 

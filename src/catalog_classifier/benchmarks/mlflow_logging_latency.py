@@ -19,7 +19,7 @@ from typing import Any
 
 from catalog_classifier.config.params import BenchParams
 from catalog_classifier.infra.composition import MLFLOW_DATABASE, StackPlan
-from catalog_classifier.ops.services import ServiceError, http_ok
+from catalog_classifier.infra.services import ServiceError, http_ok
 
 EXPERIMENT = "catalog-classifier-bench-stack"
 

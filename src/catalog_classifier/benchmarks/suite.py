@@ -1,11 +1,14 @@
 """The bench's suite: every model measured side by side on one machine in one run, from the project's params.
 
-The measurements themselves are in :mod:`catalog_classifier.modeling.benchmark`; the Markdown page is
-:mod:`catalog_classifier.reporting.bench_page`; the bench stage writes and logs what this returns.
+The measurements themselves are in ``loop_speed`` (training and inference loops, the machine's peak),
+``compile_speed``, ``frozen_speed`` and ``batch_predict_speed``; this module runs them per model (:func:`bench_model`)
+and for every model; the Markdown page is
+:mod:`catalog_classifier.benchmarks.results_page`; the bench stage writes and logs what this returns.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import platform
@@ -15,28 +18,43 @@ from typing import Any
 
 import torch
 
+from catalog_classifier.benchmarks.batch_predict_speed import (
+    batch_predict_throughput,
+    predict_classifier,
+    predict_paths,
+)
+from catalog_classifier.benchmarks.compile_speed import bench_compile
+from catalog_classifier.benchmarks.frozen_speed import fit_settings_for_bench, frozen_figures, frozen_versus_full
+from catalog_classifier.benchmarks.loop_speed import (
+    DEFAULT_FIT_EPOCHS,
+    LATENCY_P50_TARGETS_MS,
+    TRAIN_RATIO_TARGETS,
+    BenchSettings,
+    Sample,
+    count_flops,
+    matmul_peak,
+    preprocess_one,
+    take_sample,
+    time_inference,
+    time_naive_training,
+    time_project_training,
+    training_figures,
+)
 from catalog_classifier.config.layout import Project
 from catalog_classifier.data.imageset import decode_manifest
 from catalog_classifier.data.manifests import read_manifest
 from catalog_classifier.data.splitting import SPLITS
-from catalog_classifier.modeling.benchmark import (
-    DEFAULT_FIT_EPOCHS,
-    BenchSettings,
-    batch_predict_throughput,
-    bench_model,
-    fit_settings_for_bench,
-    frozen_figures,
-    frozen_versus_full,
-    matmul_peak,
-    predict_classifier,
-    predict_paths,
-    take_sample,
-)
+from catalog_classifier.modeling.fit_loop import settings_from
 from catalog_classifier.modeling.models import create_classifier
-from catalog_classifier.modeling.prediction import pipeline_inference_settings
-from catalog_classifier.modeling.training import settings_from
+from catalog_classifier.modeling.prediction import (
+    ImageClassifier,
+    InferenceSettings,
+    pipeline_inference_settings,
+    single_image_latency,
+    time_calls,
+)
+from catalog_classifier.modeling.torch_setup import Runtime, resolve_runtime
 from catalog_classifier.ops.io import read_json
-from catalog_classifier.ops.runtime import Runtime, resolve_runtime
 
 log = logging.getLogger(__name__)
 
@@ -166,3 +184,71 @@ def run_suite(project: Project, quick: bool = False) -> dict[str, Any]:
     report["wall_s"] = time.perf_counter() - started
     return report
 
+
+def bench_model(
+    model_name: str,
+    num_classes: int,
+    sample: Sample,
+    settings: BenchSettings,
+    runtime: Runtime,
+    peaks: dict[str, Any],
+    n_train: int,
+    n_val: int,
+    fit_epochs: int,
+) -> dict[str, Any]:
+    """Every speed figure of one model. Weights are random: speed does not depend on their values."""
+    torch.manual_seed(settings.seed)
+    model, _ = create_classifier(model_name, num_classes, weights="none", image_size=settings.image_size)
+    naive_model = copy.deepcopy(model)  # same architecture and initial weights, untouched by the project loop
+    data_config = model.data_config
+    report: dict[str, Any] = {"input_size": list(data_config.input_size),
+                              "interpolation": data_config.interpolation,
+                              "n_params": sum(p.numel() for p in model.parameters())}
+    report["flops"] = count_flops(model, data_config.input_size)
+
+    started = time.perf_counter()
+    images = decode_manifest(sample.manifest, sample.images_dir, data_config)
+    decode_s = time.perf_counter() - started
+    report["decode_once"] = {"images": len(images), "seconds": decode_s,
+                             "train_split_s_extrapolated": decode_s / len(images) * n_train}
+
+    log.info("%s: project training step (train_one_epoch, uint8 in memory, runtime %s)", model_name,
+             runtime.to_dict())
+    project = time_project_training(model, images, settings.fit, runtime, settings.warmup_steps,
+                                    settings.measure_steps, settings.seed, num_classes)
+    log.info("%s: project %.2f img/s; naive baseline (PIL + torchvision every step, fp32, NCHW, workers=%d)",
+             model_name, project.images_per_s, settings.naive_num_workers)
+    naive = time_naive_training(naive_model.backbone, sample, data_config, settings.fit, settings.warmup_steps,
+                                settings.measure_steps, settings.naive_num_workers, settings.seed)
+    del naive_model
+    report["training"] = training_figures(project, naive, report["flops"], peaks, runtime, n_train,
+                                          TRAIN_RATIO_TARGETS.get(model_name))
+    report["training"]["naive"]["num_workers"] = settings.naive_num_workers
+    log.info("%s: naive %.2f img/s -> ratio %.2f", model_name, naive.images_per_s, report["training"]["ratio"])
+
+    model.eval()
+    report["inference"] = {"batched": {}}
+    for batch_size in settings.inference_batch_sizes:
+        timing = time_inference(model, images, batch_size, runtime, settings.measure_steps)
+        report["inference"]["batched"][str(batch_size)] = {**timing.to_dict(), "batch_size": batch_size}
+    classifier = ImageClassifier(model, {"classes": [str(i) for i in range(num_classes)],
+                                         **data_config.to_dict()},
+                                 InferenceSettings(channels_last=runtime.channels_last, bf16=runtime.bf16,
+                                                   num_threads=runtime.threads))
+    single = single_image_latency(classifier, sample.paths, settings.latency_warmup, settings.latency_repeats)
+    target = LATENCY_P50_TARGETS_MS.get(model_name)
+    report["inference"]["single_image"] = {
+        **single, "path": "predict.ImageClassifier.predict_files (load_rgb, resize, forward, top-3)",
+        "preprocess": time_calls(preprocess_one(data_config), sample.paths, 0, settings.latency_repeats),
+        "target_p50_ms": target, "meets_target": None if target is None else bool(single["p50_ms"] <= target),
+    }
+    log.info("%s: single-image p50 %.1f ms p95 %.1f ms", model_name, single["p50_ms"], single["p95_ms"])
+
+    if settings.compile:
+        report["compile"] = bench_compile(model_name, num_classes, sample, settings, runtime, n_train, n_val,
+                                          fit_epochs, project.images_per_s,
+                                          report["inference"]["batched"][str(settings.inference_batch_sizes[0])]
+                                          ["images_per_s"])
+    else:
+        report["compile"] = {"status": "skipped", "reason": "bench.compile is false"}
+    return report
