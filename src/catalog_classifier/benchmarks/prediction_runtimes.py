@@ -7,6 +7,7 @@ Every figure is printed and written by ``catalog-classifier bench-predict``; not
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import os
 import subprocess
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from catalog_classifier.modeling.batch_prediction import InputRow, StreamSettings, stream_predictions
 from catalog_classifier.modeling.inference_runtime import ONNX, TORCH, faster_runtime
 from catalog_classifier.modeling.onnx_runtime import OnnxImageClassifier, export_onnx
 from catalog_classifier.modeling.prediction import ImageClassifier, _file_loader, time_calls
@@ -80,15 +82,31 @@ def batch_throughput(classifier: ImageClassifier, paths: Sequence[Path], batch: 
             "median_s": float(np.median(times))}
 
 
+def streaming_throughput(classifier: ImageClassifier, paths: Sequence[Path], images: int,
+                         settings: StreamSettings) -> float:
+    """Images/s of the batch prediction path itself, in process: ``images`` rows (``paths`` over and over) decoded
+    by the pool of threads while the model runs, in full batches, one warm-up batch first. Unlike
+    :func:`batch_throughput`, decoding competes with the forward pass for the cores, as it does in a real run."""
+    rows = [InputRow(str(path), path) for path in itertools.islice(itertools.cycle(paths), images)]
+    for _ in stream_predictions(classifier, rows[:classifier.settings.batch_size], settings):
+        pass
+    started = time.perf_counter()
+    done = sum(len(chunk) for chunk in stream_predictions(classifier, rows, settings))
+    return done / (time.perf_counter() - started)
+
+
 def runtime_figures(variants: dict[str, ImageClassifier], paths: Sequence[Path], warmup: int, repeats: int,
-                    batch: int, batch_repeats: int) -> dict[str, dict[str, Any]]:
-    """Per runtime: single-image p50/p95 end to end (decode + resize + forward + top-3) and batch throughput."""
+                    batch: int, batch_repeats: int, stream_images: int,
+                    stream: StreamSettings) -> dict[str, dict[str, Any]]:
+    """Per runtime: single-image p50/p95 end to end (decode + resize + forward + top-3), forward-only batch
+    throughput, and the streaming throughput that decides the batch runtime."""
     figures: dict[str, dict[str, Any]] = {}
     for name, classifier in variants.items():
         log.info("timing %s", name)
         single = time_calls(lambda path, c=classifier: c.predict_files([path]), list(paths), warmup, repeats)
         figures[name] = {**single, "batch_images_per_s": batch_throughput(classifier, paths, batch,
-                                                                            batch_repeats)["images_per_s"]}
+                                                                            batch_repeats)["images_per_s"],
+                         "streaming_images_per_s": streaming_throughput(classifier, paths, stream_images, stream)}
     return figures
 
 

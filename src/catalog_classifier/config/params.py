@@ -556,6 +556,8 @@ class BatchPredictParams(_Strict):
     # on EfficientNet-Lite0, `make bench-predict`); the model batch still groups the decoded images.
     onnx_batch: int = Field(default=16, ge=1, le=1024)
     bench_rows: list[int] = Field(default_factory=lambda: [10_000], min_length=1)  # bench-predict: rows per run
+    # bench-predict: images streamed in process per runtime (decode threads + forward): decides the batch runtime
+    bench_stream_images: int = Field(default=1050, ge=1)
     # make bench-batch-label: the batch-label flow on a catalogue of this many rows, once per worker count
     bench_label_rows: int = Field(default=4000, ge=1)
     bench_label_workers: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)

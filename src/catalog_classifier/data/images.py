@@ -43,6 +43,9 @@ def file_sha256(path: Path) -> str:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        # Already a decoded copy (exif_transpose's): converting would copy it again, 0.8 ms of a 12 ms prediction.
+        return image
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         # Composite transparency on white, as product photos are shown on a white page.
         rgba = image.convert("RGBA")
