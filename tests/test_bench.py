@@ -283,3 +283,19 @@ def test_batch_predict_uses_the_trained_model_and_its_calibration(tmp_path: Path
                                                   32, seed=1)
     assert built_from == "random" and random_model.classes == classes
     assert random_model.calibration.temperature == 1.0 and random_model.calibration.threshold is None
+
+
+def test_a_child_process_peak_memory_is_its_own_not_the_forking_parents() -> None:
+    """bench-predict's peak RSS of a predict child: a parent holding 800 MB must not lend it its high-water mark
+    (wait4's ru_maxrss did: 2.66 GB for a child /usr/bin/time measured at 1.38 GB)."""
+    import sys
+
+    from catalog_classifier.benchmarks.prediction_runtimes import predict_run
+
+    held = bytearray(800 * 1024 * 1024)  # touched below: resident in this (forking) process
+    held[::4096] = b"\x01" * len(held[::4096])
+    child = "import time; block = bytearray(200 * 1024 * 1024); block[::4096] = b'\\x01' * (len(block) // 4096); " \
+            "time.sleep(0.6)"
+    figures = predict_run([sys.executable, "-c", child], poll_s=0.05)
+    assert 200 <= figures["peak_rss_mb"] < 500  # 200 MB block + an interpreter, nowhere near the parent's 800
+    del held
