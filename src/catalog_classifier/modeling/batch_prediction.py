@@ -178,6 +178,11 @@ class StreamSettings:
     decode_workers: int = 2
     prefetch_batches: int = 2
 
+    @classmethod
+    def from_params(cls, settings: Any) -> StreamSettings:
+        """From params.yaml's ``batch_predict`` section (``BatchPredictParams``)."""
+        return cls(decode_workers=settings.decode_workers, prefetch_batches=settings.prefetch_batches)
+
 
 def _decode(classifier: ImageClassifier, path: Path | None) -> np.ndarray | str:
     """Pixels, or the reason the file cannot be used."""

@@ -5,8 +5,8 @@ The choice is a measurement of this machine, not a belief: ``catalog-classifier 
 champion and writes ``<bench.out_dir>/predict.json``; ``auto`` takes the faster one from it (single-image p50 for
 a server answering one request at a time; for batch prediction the streaming throughput, decoding threads and
 forward pass sharing the cores as in a real run, since forward-only throughput misjudges it: bf16 PyTorch led
-ONNX Runtime forward-only, 127 vs 112 images/s, and trailed it streaming, 71 vs 91), and PyTorch when the bench
-has not run here.
+ONNX Runtime forward-only, 123 vs 119 images/s, and trailed it streaming, 76 vs 94, in artifacts/bench/predict.md),
+and PyTorch when the bench has not run here.
 """
 
 from __future__ import annotations

@@ -102,11 +102,9 @@ def run_bench_predict(project: Project, quick: bool = False) -> dict[str, Any]:
         reference = variants["torch-fp32"]
         report["parity"] = {name: parity(reference, candidate, parity_paths)
                             for name, candidate in variants.items() if name != "torch-fp32"}
-        stream = StreamSettings(decode_workers=params.batch_predict.decode_workers,
-                                prefetch_batches=params.batch_predict.prefetch_batches)
         report["runtimes"] = runtime_figures(variants, parity_paths, bench.latency_warmup, bench.latency_repeats,
                                              BATCH, 5 if not quick else 1, params.batch_predict.bench_stream_images,
-                                             stream)
+                                             StreamSettings.from_params(params.batch_predict))
         report["choice"] = decide(report["runtimes"], classifier.runtime.bf16)
         pyfunc = _served_folder(project, model_name, classifier, scratch / "served")
         report["end_to_end"] = [end_to_end(project, pyfunc, all_images, rows, report["choice"]["batch"], scratch)

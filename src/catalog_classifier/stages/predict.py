@@ -77,7 +77,7 @@ def _predict_with(classifier: Any, served: Any, batch: Any, uri: str, output: Pa
     from catalog_classifier.modeling.inference_runtime import runtime_name
     from catalog_classifier.registry.model_access import model_identity
 
-    stream = StreamSettings(decode_workers=settings.decode_workers, prefetch_batches=settings.prefetch_batches)
+    stream = StreamSettings.from_params(settings)
     if output is None:
         counter = SummaryCounter(batch.has_labels)
         figures = predict_to_stream(classifier, batch, sys.stdout, counter, stream)
