@@ -120,15 +120,67 @@ def drive(url: str, bodies: Sequence[tuple[bytes, int]], clients: int, max_reque
     return result
 
 
+def pool_rounds(rounds: Sequence[LevelResult]) -> LevelResult:
+    """One level's rounds as one result: every request's latency, counts and seconds summed."""
+    pooled = LevelResult(clients=rounds[0].clients)
+    for level in rounds:
+        pooled.requests += level.requests
+        pooled.images += level.images
+        pooled.errors += level.errors
+        pooled.seconds += level.seconds
+        pooled.latencies_ms.extend(level.latencies_ms)
+        for status, count in level.statuses.items():
+            pooled.statuses[status] = pooled.statuses.get(status, 0) + count
+    return pooled
+
+
+def level_summary(rounds: Sequence[LevelResult]) -> dict[str, Any]:
+    """A level measured in several rounds: latency percentiles over all their requests, requests/s and images/s
+    as the median round, with every round's figure beside it (the spread a single run hides)."""
+    summary = pool_rounds(rounds).summary()
+    per_round = [level.summary() for level in rounds]
+    for key in ("requests_per_s", "images_per_s"):
+        summary[f"{key}_rounds"] = [level[key] for level in per_round]
+        summary[key] = round(float(np.median(summary[f"{key}_rounds"])), 2)
+    summary["p99_ms_rounds"] = [level["p99_ms"] for level in per_round]
+    return summary
+
+
+def speedups(engine: dict[str, Any], reference: dict[str, Any]) -> list[float]:
+    """Round by round, the engine's requests/s over the reference's (rounds run back to back, so each ratio
+    compares the two under the same background load)."""
+    return [round(ours / theirs, 2) if theirs else float("inf") for ours, theirs in
+            zip(engine["requests_per_s_rounds"], reference["requests_per_s_rounds"], strict=True)]
+
+
+def target_verdict(engine: dict[str, Any], reference: dict[str, Any], min_speedup: float, max_p99_ms: float,
+                   ) -> dict[str, Any]:
+    """Met only if every round reaches ``min_speedup`` (the worst round, not the median, decides), the p99 over
+    all rounds' requests is within ``max_p99_ms``, and no request failed."""
+    ratios = speedups(engine, reference)
+    met = (min(ratios) >= min_speedup and engine["p99_ms"] <= max_p99_ms and engine["errors"] == 0)
+    return {"clients": engine["clients"], "speedups": ratios, "min_speedup": min(ratios),
+            "median_speedup": round(float(np.median(ratios)), 2), "p99_ms": engine["p99_ms"],
+            "errors": engine["errors"], "target_speedup": min_speedup, "target_p99_ms": max_p99_ms, "met": met}
+
+
+def _spread(level: dict[str, Any], key: str) -> str:
+    rounds = level.get(f"{key}_rounds") or [level[key]]
+    if len(rounds) == 1:
+        return f"{level[key]:.1f}"
+    return f"{level[key]:.1f} ({min(rounds):.1f}-{max(rounds):.1f})"
+
+
 def table(results: dict[str, list[dict[str, Any]]]) -> str:
-    """A markdown table: one row per engine and concurrency level."""
+    """A markdown table: one row per engine and concurrency level; requests/s and images/s as the median round
+    (lowest-highest round), latencies over all rounds' requests."""
     lines = ["| server | clients | requests/s | images/s | p50 ms | p95 ms | p99 ms | errors | requests | "
              "mean batch | load avg |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for engine, levels in results.items():
         for level in levels:
-            lines.append(f"| {engine} | {level['clients']} | {level['requests_per_s']:.1f} | "
-                         f"{level['images_per_s']:.1f} | {level['p50_ms']:.0f} | {level['p95_ms']:.0f} | "
+            lines.append(f"| {engine} | {level['clients']} | {_spread(level, 'requests_per_s')} | "
+                         f"{_spread(level, 'images_per_s')} | {level['p50_ms']:.0f} | {level['p95_ms']:.0f} | "
                          f"{level['p99_ms']:.0f} | {level['errors']} | {level['requests']} | "
                          f"{level.get('mean_batch') or '-'} | {level.get('load_avg_1min', '-')} |")
     return "\n".join(lines)

@@ -574,6 +574,10 @@ class ServeBenchParams(_Strict):
     warmup_requests: int = Field(ge=0)       # untimed requests first (model warm-up, first batches)
     n_images: int = Field(gt=0)              # distinct real test images the clients cycle through
     startup_timeout_s: float = Field(gt=0)   # per server
+    rounds: int = Field(default=3, gt=0)     # every level this many times, engines alternating: a spread, not a point
+    target_clients: int = Field(default=8, gt=0)     # issue #27's targets at this level: the engine answers at
+    target_speedup: float = Field(default=2.0, gt=0)  # >= this many times the reference's requests/s in every
+    target_p99_ms: float = Field(default=200, gt=0)   # round, with p99 <= this over all rounds' requests
 
 
 class ServeParams(_Strict):
@@ -590,7 +594,9 @@ class ServeParams(_Strict):
     retry_after_s: int = Field(ge=1)
     reload_poll_s: float = Field(gt=0)       # how often the server reads the champion alias (a move switches)
     switch_timeout_s: float = Field(default=300, gt=0)  # loading a new champion beside the served one, at most
-    torch_threads: int | None = Field(default=None, gt=0)  # the replica's intra-op threads; null: the model's own
+    concurrent_batches: int = Field(default=2, gt=0)  # forward passes the replica runs at once, a thread each
+    forward_threads: int | None = Field(default=None, gt=0)  # intra-op threads per pass; null: cores // batches
+    throughput_optimized: bool = True        # Ray Serve's throughput mode (RAY_SERVE_THROUGHPUT_OPTIMIZED=1)
     bench: ServeBenchParams
 
 

@@ -1,6 +1,6 @@
 """The champion on Ray Serve: a FastAPI ingress that applies the request limits, and ``@serve.batch`` that
 gathers the images of concurrent requests into one forward pass (``serve.max_batch_size`` images, waiting at most
-``serve.batch_wait_ms`` for a batch to fill).
+``serve.batch_wait_ms`` for a batch to fill; up to ``serve.concurrent_batches`` passes at once).
 
 Routes: ``POST /invocations`` (mlflow models serve's request and answer, plus ``model_version``; the header
 ``X-Model-Version`` says which registered version answered), ``GET /ping`` and ``/health`` (alive, which version),
@@ -44,11 +44,13 @@ VERSION_HEADER = "X-Model-Version"
 app = FastAPI(title="catalog-classifier champion", docs_url=None, redoc_url=None)
 
 
-def _load(model_uri: str, runtime: str, onnx_batch: int) -> BatchModel:
+def _load(model_uri: str, runtime: str, onnx_batch: int, threads: int) -> BatchModel:
     """The version's data files, checked against the sha256 recorded at registration: nothing from the registry
     runs here (registry/artifact.py). On ``onnx`` the forward pass is ONNX Runtime on the version's own
-    ``model.onnx`` (exported from its weights if an older version lacks one)."""
+    ``model.onnx`` (exported from its weights if an older version lacks one). Each forward pass runs on
+    ``threads`` intra-op threads (the stored setting is the whole machine's; here passes run side by side)."""
     import tempfile
+    from dataclasses import replace
     from pathlib import Path
 
     from catalog_classifier.modeling.inference_runtime import ONNX
@@ -58,7 +60,9 @@ def _load(model_uri: str, runtime: str, onnx_batch: int) -> BatchModel:
 
     with tempfile.TemporaryDirectory(prefix="catalog-replica-") as folder:
         verified = fetch_verified(model_uri, Path(folder) / "version")
-        classifier = ImageClassifier.from_dir(verified.directory)
+        stored = ImageClassifier.from_dir(verified.directory)
+        classifier = ImageClassifier(stored.model, stored.config, replace(stored.settings, num_threads=threads),
+                                     stored.calibration)
         if runtime == ONNX:  # the session has read the graph: the folder may go
             classifier = with_onnx(classifier, verified.directory, Path(folder), onnx_batch)
     return BatchModel(classifier)
@@ -90,13 +94,13 @@ class ClassifierDeployment:
         self.version = str(spec["version"])
         self.limits = Limits(**spec["limits"])
         self.runtime, self.onnx_batch = spec["runtime"], int(spec["onnx_batch"])
-        self.model = _load(spec["model_uri"], self.runtime, self.onnx_batch)
-        if spec["torch_threads"]:
-            import torch
-
-            torch.set_num_threads(int(spec["torch_threads"]))
-        self._forward.set_max_batch_size(int(spec["max_batch_size"]))
-        self._forward.set_batch_wait_timeout_s(float(spec["batch_wait_ms"]) / 1000)
+        self.forward_threads = int(spec["forward_threads"])
+        self.model = _load(spec["model_uri"], self.runtime, self.onnx_batch, self.forward_threads)
+        # Built here, not as a class decorator: its sizes come from params. Up to ``concurrent_batches`` passes
+        # run at once (each in a worker thread); a batch forms while they run.
+        self._forward = serve.batch(max_batch_size=int(spec["max_batch_size"]),
+                                    batch_wait_timeout_s=float(spec["batch_wait_ms"]) / 1000,
+                                    max_concurrent_batches=int(spec["concurrent_batches"]))(self._run_batch)
         self.in_flight = 0
         self.batches = 0  # forward passes run, and the images they held: the mean batch size shows batching works
         self.batched_images = 0
@@ -104,7 +108,7 @@ class ClassifierDeployment:
     async def switch_to(self, model_uri: str, version: str) -> str:
         """Blue/green: load ``version`` while the served one keeps answering, then serve it. Called through a
         deployment handle when the champion alias moves; returns the version now served."""
-        model = await asyncio.to_thread(_load, model_uri, self.runtime, self.onnx_batch)
+        model = await asyncio.to_thread(_load, model_uri, self.runtime, self.onnx_batch, self.forward_threads)
         self.model, self.version = model, str(version)  # one step for the event loop: no request sees half of it
         return self.version
 
@@ -172,8 +176,7 @@ class ClassifierDeployment:
             prepared.append(QueuedImage(pixels, deadline, model))
         return prepared
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _forward(self, items: list[QueuedImage]) -> list[dict[str, Any] | None]:
+    async def _run_batch(self, items: list[QueuedImage]) -> list[dict[str, Any] | None]:
         # In a thread: the event loop keeps receiving requests (which form the next batch) while this one runs.
         rows = await asyncio.to_thread(forward_by_model, items, self.model)
         self.batches += 1

@@ -15,8 +15,16 @@ from typing import Any
 
 import pandas as pd
 
-from catalog_classifier.benchmarks.load_test import drive, encode_request, table
+from catalog_classifier.benchmarks.load_test import (
+    LevelResult,
+    drive,
+    encode_request,
+    level_summary,
+    table,
+    target_verdict,
+)
 from catalog_classifier.config.layout import Project
+from catalog_classifier.config.params import ServeBenchParams
 from catalog_classifier.infra.services import Service, http_ok
 from catalog_classifier.ops.io import write_json, write_text
 
@@ -68,8 +76,9 @@ def start_server(project: Project, engine: str, settings: list[str], work_dir: P
 
 def bench_engines(project: Project, engines: list[str], bodies: list[tuple[bytes, int]], settings: list[str],
                   work_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """Start every engine, warm each up, then run each client level on one engine after the other: the engines
-    meet the same background load (on a shared machine it drifts from minute to minute)."""
+    """Start every engine, warm each up, then run each client level on one engine after the other, all levels
+    ``serve.bench.rounds`` times with the engines' order alternating: the engines meet the same background load
+    (on a shared machine it drifts from minute to minute), and each figure comes with its spread over rounds."""
     bench = project.params.serve.bench
     servers: dict[str, tuple[Service, int]] = {}
     try:
@@ -78,22 +87,43 @@ def bench_engines(project: Project, engines: list[str], bodies: list[tuple[bytes
         for _, port in servers.values():
             drive(f"http://{HOST}:{port}/invocations", bodies, max(bench.clients), bench.warmup_requests,
                   bench.max_seconds_per_level)
+        rounds: dict[tuple[str, int], list[LevelResult]] = {}
+        batching: dict[tuple[str, int], list[int]] = {}  # forward passes and their images, summed over rounds
+        load: dict[tuple[str, int], float] = {}
+        for round_index in range(bench.rounds):
+            order = engines if round_index % 2 == 0 else engines[::-1]
+            for clients in bench.clients:
+                for engine in order:
+                    port = servers[engine][1]
+                    before = _batch_counters(port)
+                    level = drive(f"http://{HOST}:{port}/invocations", bodies, clients, bench.requests_per_level,
+                                  bench.max_seconds_per_level)
+                    _add_batches(batching.setdefault((engine, clients), [0, 0]), before, _batch_counters(port))
+                    # Other work on the machine shows here: a 2-core box at load 10 measures the queue.
+                    load[engine, clients] = max(load.get((engine, clients), 0.0), os.getloadavg()[0])
+                    rounds.setdefault((engine, clients), []).append(level)
+                    summary = level.summary()
+                    print(f"  round {round_index + 1}/{bench.rounds} {engine}: {clients} clients: "
+                          f"{summary['requests_per_s']:.1f} req/s, p99 {summary['p99_ms']:.0f} ms, "
+                          f"{summary['errors']} errors", file=sys.stderr, flush=True)
         results: dict[str, list[dict[str, Any]]] = {engine: [] for engine in engines}
-        for clients in bench.clients:
-            for engine, (_, port) in servers.items():
-                before = _batch_counters(port)
-                level = drive(f"http://{HOST}:{port}/invocations", bodies, clients, bench.requests_per_level,
-                              bench.max_seconds_per_level).summary()
-                level["mean_batch"] = _mean_batch(before, _batch_counters(port))
-                # Other work on the machine shows here: a 2-core box at load 10 measures the queue, not the server.
-                level["load_avg_1min"] = round(os.getloadavg()[0], 2)
-                print(f"  {engine}: {clients} clients: {level['requests_per_s']:.1f} req/s, p99 "
-                      f"{level['p99_ms']:.0f} ms, {level['errors']} errors", file=sys.stderr, flush=True)
-                results[engine].append(level)
+        for engine in engines:
+            for clients in bench.clients:
+                summary = level_summary(rounds[engine, clients])
+                passes, images = batching[engine, clients]
+                summary["mean_batch"] = round(images / passes, 2) if passes else None
+                summary["load_avg_1min"] = round(load[engine, clients], 2)
+                results[engine].append(summary)
         return results
     finally:
         for service, _ in servers.values():
             service.stop()
+
+
+def _add_batches(total: list[int], before: tuple[int, int] | None, after: tuple[int, int] | None) -> None:
+    if before is not None and after is not None:
+        total[0] += after[0] - before[0]
+        total[1] += after[1] - before[1]
 
 
 def _batch_counters(port: int) -> tuple[int, int] | None:
@@ -104,12 +134,6 @@ def _batch_counters(port: int) -> tuple[int, int] | None:
         return int(ready["batches"]), int(ready["batched_images"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _mean_batch(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
-    if before is None or after is None or after[0] == before[0]:
-        return None
-    return round((after[1] - before[1]) / (after[0] - before[0]), 2)
 
 
 def run_bench_serve(project: Project, engines: list[str], settings: list[str]) -> dict[str, Any]:
@@ -129,14 +153,37 @@ def run_bench_serve(project: Project, engines: list[str], settings: list[str]) -
     work_dir = out_dir / "serve-logs"
     measured = bench_engines(project, engines, bodies, settings, work_dir)
     results = {ENGINE_LABELS[engine]: levels for engine, levels in measured.items()}
+    verdict = targets(measured, bench)
     report = {"cpu": cpu_name(), "model": f"{served.name} v{served.version}", "images": len(images),
-              "clients": bench.clients,
+              "clients": bench.clients, "rounds": bench.rounds,
               "requests_per_level": bench.requests_per_level, "max_seconds_per_level": bench.max_seconds_per_level,
-              "serve": project.params.serve.model_dump(mode="json", exclude={"bench"}), "results": results}
+              "serve": project.params.serve.model_dump(mode="json", exclude={"bench"}), "results": results,
+              "targets": verdict}
     markdown = (f"{table(results)}\n\nCPU: {report['cpu']}; {report['model']}; one image per request, "
-                f"{len(images)} real test images.\n")
+                f"{len(images)} real test images; requests/s: median round (lowest-highest) of {bench.rounds}, "
+                f"latencies over all rounds' requests.\n")
+    if verdict:
+        markdown += f"\n{verdict_line(verdict)}\n"
     write_json(out_dir / "serve.json", report)
     write_text(out_dir / "serve.md", markdown)
     print(markdown)
     print(json.dumps({"written": str(out_dir / "serve.json")}))
     return report
+
+
+def targets(measured: dict[str, list[dict[str, Any]]], bench: ServeBenchParams) -> dict[str, Any] | None:
+    """The batching engine against the reference at ``serve.bench.target_clients`` (None when either engine or
+    that level was not measured)."""
+    levels = {engine: {level["clients"]: level for level in found} for engine, found in measured.items()}
+    ours, reference = levels.get("ray", {}), levels.get("mlflow", {})
+    if bench.target_clients not in ours or bench.target_clients not in reference:
+        return None
+    return target_verdict(ours[bench.target_clients], reference[bench.target_clients], bench.target_speedup,
+                          bench.target_p99_ms)
+
+
+def verdict_line(verdict: dict[str, Any]) -> str:
+    rounds = ", ".join(f"{ratio:.2f}x" for ratio in verdict["speedups"])
+    return (f"Targets with {verdict['clients']} clients (>= {verdict['target_speedup']:g}x mlflow models serve in "
+            f"every round, p99 <= {verdict['target_p99_ms']:g} ms, 0 errors): {'MET' if verdict['met'] else 'MISSED'}"
+            f" - speedup by round {rounds}; p99 {verdict['p99_ms']:.0f} ms; {verdict['errors']} errors.")
