@@ -154,6 +154,13 @@ def http_ok(url: str, timeout_s: float = HTTP_PROBE_TIMEOUT_S) -> bool:
         return False
 
 
+def free_port(host: str) -> int:
+    """A port nothing listens on at ``host`` now (the system's pick; free until someone else takes it)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
 def port_in_use(host: str, port: int) -> bool:
     """Something accepts connections on ``host:port``."""
     with socket.socket() as probe:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
 import sys
 import urllib.request
 from pathlib import Path
@@ -25,17 +24,11 @@ from catalog_classifier.benchmarks.load_test import (
 )
 from catalog_classifier.config.layout import Project
 from catalog_classifier.config.params import ServeBenchParams
-from catalog_classifier.infra.services import Service, http_ok
+from catalog_classifier.infra.services import Service, free_port, http_ok
 from catalog_classifier.ops.io import write_json, write_text
 
 HOST = "127.0.0.1"
 ENGINE_LABELS = {"ray": "Ray Serve (batching)", "mlflow": "mlflow models serve"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
 
 
 def cpu_name() -> str:
@@ -63,7 +56,7 @@ def server_command(project: Project, engine: str, port: int, settings: list[str]
 
 def start_server(project: Project, engine: str, settings: list[str], work_dir: Path) -> tuple[Service, int]:
     """Start ``engine`` on a free loopback port and wait until it answers."""
-    port = free_port()
+    port = free_port(HOST)
     service = Service(f"bench-serve-{engine}", work_dir / f"{engine}.pid", work_dir / f"{engine}.log")
     service.start(server_command(project, engine, port, settings), os.environ, project.root)
     try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -16,7 +15,7 @@ from typing import Any
 from catalog_classifier.config.layout import Project
 from catalog_classifier.endpoint.champion import NoChampion, ServedVersion, resolve_champion
 from catalog_classifier.endpoint.payload import Limits
-from catalog_classifier.infra.services import port_in_use
+from catalog_classifier.infra.services import free_port, port_in_use
 from catalog_classifier.modeling.torch_setup import available_cores
 from catalog_classifier.ops.exits import InputError
 from catalog_classifier.registry.tracking import setup_mlflow
@@ -75,11 +74,7 @@ def ray_environment(throughput_optimized: bool, port: int) -> dict[str, str]:
 def proxy_port(throughput_optimized: bool, host: str, port: int) -> int:
     """Where Ray's HTTP proxy listens: ``port`` itself, unless the replica serves it (throughput mode), when the
     proxy takes a free port beside it on the same host (Ray starts one either way)."""
-    if not throughput_optimized:
-        return port
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
+    return free_port(host) if throughput_optimized else port
 
 
 def _stop(signum: int, frame: Any) -> None:

@@ -79,13 +79,11 @@ def _postgres(url: str | None, scratch: Path) -> Iterator[str]:
         yield url
         return
     from catalog_classifier.infra.postgres import PostgresCluster
+    from catalog_classifier.infra.services import free_port
 
     # Not under the scratch folder: as root the server runs as `postgres`, which must own its directory.
     root = Path(tempfile.mkdtemp(prefix="bench-tune-pg-"))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    cluster = PostgresCluster(root, port)
+    cluster = PostgresCluster(root, free_port("127.0.0.1"))
     cluster.start()
     try:
         yield cluster.create_database("bench_tune")
